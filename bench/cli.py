@@ -1,0 +1,137 @@
+"""`orloj`: the command line. Subcommands: bench (more land with the engine and server)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .runner import BenchSpec, format_table, run_sim
+from .workloads import BatchCurve, get_workload, list_workloads, load_jsonl_trace
+
+
+def _floats(s: str) -> list[float]:
+    try:
+        return [float(x) for x in s.split(",") if x.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from e
+
+
+def _ints(s: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in s.split(",") if x.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from e
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark policies on a workload or a trace")
+    p.add_argument("--list-workloads", action="store_true", help="list workloads and exit")
+    p.add_argument("--mode", choices=["sim", "engine", "http"], default="sim")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--workload", help="a built-in workload (see --list-workloads)")
+    src.add_argument("--trace", type=Path, help='JSONL trace: {"t_ms", "tag", "exec_ms", "slo_ms"?} per line')
+    p.add_argument("--batch-curve", type=Path, help="CSV BatchSize,InferenceLatency setting g(b) for --trace")
+    p.add_argument("--policies", default="orloj,static,static-tuned,clockwork,nexus,clipper,edf,oracle")
+    p.add_argument("--slo-k", type=_floats, default=[1.0, 1.5, 2.0, 3.0, 5.0])
+    p.add_argument("--load", type=float, default=0.8)
+    p.add_argument("--requests", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--arrival", choices=["bursty", "poisson"], default="bursty")
+    p.add_argument("--json", type=Path, help="write the report here")
+    p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("orloj")
+    g.add_argument("--drop-threshold", type=float, help="drop when P(on time alone) is below this (default 0.3)")
+    g = p.add_argument_group("static (Triton dynamic batcher / TF Serving)")
+    g.add_argument("--static-max-batch-size", type=int)
+    g.add_argument("--static-max-queue-delay-us", type=float)
+    g.add_argument("--static-preferred-batch-sizes", type=_ints)
+    g.add_argument("--static-allowed-batch-sizes", type=_ints)
+    g.add_argument("--static-queue-timeout-us", type=float)
+    g.add_argument("--static-no-slo-timeout", action="store_true", help="do not reject requests queued past their SLO")
+
+
+def _policy_options(a) -> dict[str, dict]:
+    opts: dict[str, dict] = {"static": {}, "orloj": {}}
+    if a.drop_threshold is not None:
+        opts["orloj"]["drop_threshold"] = a.drop_threshold
+    for flag, key in (
+        ("static_max_batch_size", "max_batch_size"),
+        ("static_max_queue_delay_us", "max_queue_delay_us"),
+        ("static_preferred_batch_sizes", "preferred_batch_sizes"),
+        ("static_allowed_batch_sizes", "allowed_batch_sizes"),
+        ("static_queue_timeout_us", "queue_timeout_us"),
+    ):
+        v = getattr(a, flag)
+        if v is not None:
+            opts["static"][key] = v
+    if a.static_no_slo_timeout:
+        opts["static"]["timeout_from_slo"] = False
+    return opts
+
+
+def _bench(a) -> int:
+    if a.list_workloads:
+        for name, family, desc in list_workloads():
+            print(f"{name:<14} {family:<10} {desc}")
+        return 0
+    if a.mode != "sim":
+        print(f"orloj bench: --mode {a.mode} needs the live engine, which is not built yet", file=sys.stderr)
+        return 2
+    if not a.workload and not a.trace:
+        print("orloj bench: give --workload NAME or --trace FILE.jsonl", file=sys.stderr)
+        return 2
+    spec = BenchSpec(
+        policies=[p.strip() for p in a.policies.split(",") if p.strip()],
+        slo_ks=a.slo_k,
+        load=a.load,
+        n_requests=a.requests,
+        seed=a.seed,
+        max_batch=a.max_batch,
+        arrival=a.arrival,
+        policy_options=_policy_options(a),
+    )
+    kwargs = {}
+    if a.workload:
+        kwargs["workload"] = get_workload(a.workload)
+        total = spec.n_requests * len(spec.policies) * len(spec.slo_ks)
+    else:
+        curve = BatchCurve.from_csv(a.batch_curve) if a.batch_curve else None
+        first = load_jsonl_trace(a.trace, slo_k=spec.slo_ks[0], curve=curve)
+        kwargs["trace_factory"] = lambda k: load_jsonl_trace(a.trace, slo_k=k, curve=curve)
+        total = len(first) * len(spec.policies) * len(spec.slo_ks)
+    bar = None
+    if not a.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="req", file=sys.stderr, delay=2.0, mininterval=0.5, leave=False)
+    try:
+        report = run_sim(spec, progress=bar.update if bar else None, **kwargs)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(format_table(report))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="orloj", description="orloj-jax: serve dynamic DNNs predictably")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    _add_bench(sub)
+    a = parser.parse_args(argv)
+    try:
+        if a.cmd == "bench":
+            return _bench(a)
+    except ValueError as e:
+        print(f"orloj {a.cmd}: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

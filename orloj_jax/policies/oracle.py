@@ -1,0 +1,90 @@
+"""`oracle`: a clairvoyant upper reference that sees each request's true time.
+
+Never a serving policy. With exact times a member is on time or not, so for a
+batch whose slowest member takes x and whose bucket is B, the batch takes
+T = compile(B) + g(B) * x and the members that finish on time are exactly
+those with true time <= x and deadline >= now + T. The oracle scores every
+(slowest member, bucket) pair over a candidate pool and runs the pair with
+the most on-time completions per millisecond: the same score that `orloj`
+maximises, optimised exactly, over a pool that contains every batch orloj
+can form (the most urgent `max_batch` survivors of each class) plus more.
+Its drop rule is orloj's with exact knowledge: a request that cannot finish
+on time even alone is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..request import Outcome
+from .base import Decision, Policy, register
+
+
+@dataclass(frozen=True)
+class OracleConfig:
+    pool_per_class: int = 32
+
+    def __post_init__(self) -> None:
+        if self.pool_per_class < 1:
+            raise ValueError(f"pool_per_class must be >= 1, got {self.pool_per_class}")
+
+
+@register("oracle")
+class Oracle(Policy):
+    Config = OracleConfig
+
+    def select(self, queue, now: float) -> Decision:
+        drops, best = [], None
+        for model in queue.models():
+            spec = self.models[model]
+            groups: dict[int, list] = {}
+            for lst in queue.classes(model).values():
+                groups.setdefault(lst[0].shape_bucket, []).append(lst)
+            for shape, lists in groups.items():
+                cand = self._group(model, spec, shape, lists, now, drops)
+                if cand is not None and (best is None or cand[0] > best[0]):
+                    best = cand
+        if best is None:
+            return Decision(drops=drops)
+        best[1].drops = drops
+        return best[1]
+
+    def _group(self, model, spec, shape, lists, now, drops):
+        lat = self.latency
+        buckets = np.asarray(spec.batch_buckets)
+        gb = lat.g_vec(model, spec.max_batch, shape)[buckets]
+        comp = np.array([lat.compile_cost(model, int(b), shape) for b in buckets])
+        pool = []
+        for lst in lists:
+            kept = 0
+            for r in lst:
+                if r.true_ms is None:
+                    raise ValueError(f"oracle needs each request's true time; request {r.id} has none")
+                if now + float(np.min(comp + gb * r.true_ms)) > r.deadline_ms:
+                    drops.append((r, Outcome.DROPPED, "deadline_unmeetable"))
+                    continue
+                pool.append(r)
+                kept += 1
+                if kept == self.config.pool_per_class:
+                    break
+        if not pool:
+            return None
+        x = np.array([r.true_ms for r in pool])  # [P]
+        d = np.array([r.deadline_ms for r in pool])  # [P]
+        t = comp[None, :] + gb[None, :] * x[:, None]  # [P(slowest), nb]
+        elig = (x[None, None, :] <= x[:, None, None]) & (d[None, None, :] >= now + t[:, :, None])  # [P, nb, P]
+        n = np.minimum(elig.sum(2), buckets[None, :])
+        n = np.where(d[:, None] >= now + t, n, 0)  # the slowest member itself must be on time
+        score = n / t
+        m, bi = np.unravel_index(int(np.argmax(score)), score.shape)
+        if score[m, bi] <= 0:
+            return None
+        others = [i for i in np.flatnonzero(elig[m, bi]) if i != m]
+        others.sort(key=lambda i: d[i])
+        members = [pool[m]] + [pool[i] for i in others[: int(n[m, bi]) - 1]]
+        members.sort(key=lambda r: r.deadline_ms)
+        bucket = spec.batch_bucket(len(members))
+        tt = float(comp[list(buckets).index(bucket)] + gb[list(buckets).index(bucket)] * x[m])
+        return float(score[m, bi]), Decision(model, members, bucket, shape, predicted_ms=tt, info={"score": float(score[m, bi])})

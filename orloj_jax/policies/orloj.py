@@ -1,0 +1,241 @@
+"""Orloj: batch-aware priority from execution-time distributions (ORLOJ.md).
+
+For each (model, shape bucket) group of queued requests:
+
+1. **Early drop.** A request whose chance of meeting its deadline even if it
+   ran alone, right now, is below `drop_threshold` is answered at once
+   (`DROPPED`, reason `deadline_unmeetable`) instead of wasting device time.
+   Within a class requests are sorted by deadline, so the hopeless ones form
+   a prefix found by one bisect against the class's threshold slack.
+2. **Candidate batches** take the most urgent surviving requests of each
+   latency class: a batch is a count vector n_c over the group's classes.
+3. **Score** = expected on-time completions / expected device time, where the
+   batch's time is compile (if its executable is cold) + g(B) * max of its
+   members, with CDF prod_c F_c(t)^n_c (the product-of-CDFs rule, across tags),
+   and member i is on time iff that time <= its own slack. The batch bucket B
+   is the allowed size >= n with the least expected time, so a warm larger
+   bucket wins over a cold exact one when the compile costs more than padding.
+4. **Search.** When the group has few enough count vectors (`exhaustive_limit`)
+   every one is scored (this contains every batch the greedy search could
+   reach); otherwise a greedy search from one seed per class adds, at each
+   step, the member that raises the score most and stops when none does.
+
+A class with fewer than `min_samples` measurements (a cold tag) borrows
+nobody's samples: its most urgent request runs alone so that the class is
+seeded with its own measurements.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import combinations
+
+import numpy as np
+
+from ..request import Outcome, Request
+from .base import Decision, Policy, register
+
+
+@dataclass(frozen=True)
+class OrlojConfig:
+    drop_threshold: float = 0.3
+    exhaustive_limit: int = 600
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.drop_threshold < 1.0:
+            raise ValueError(f"drop_threshold must be in [0, 1), got {self.drop_threshold}")
+        if self.exhaustive_limit < 0:
+            raise ValueError(f"exhaustive_limit must be >= 0, got {self.exhaustive_limit}")
+
+
+@lru_cache(maxsize=64)
+def count_vectors(c: int, max_b: int) -> np.ndarray:
+    """All n in N^c with 1 <= sum(n) <= max_b, as an int array [V, c] (stars and bars)."""
+    rows = []
+    for total in range(1, max_b + 1):
+        for bars in combinations(range(total + c - 1), c - 1):
+            prev, row = -1, []
+            for bar in (*bars, total + c - 1):
+                row.append(bar - prev - 1)
+                prev = bar
+            rows.append(row)
+    return np.asarray(rows, dtype=np.int64).reshape(-1, c)
+
+
+@dataclass
+class _Group:
+    """The numbers of one (model, shape bucket) group at one decision."""
+
+    model: str
+    shape: int
+    lists: list[list[Request]]  # survivors per class, most urgent first
+    logF: np.ndarray  # [C, K]
+    du: float
+    slack: np.ndarray  # [C, J] slack of the first J survivors, -inf padding
+    lens: np.ndarray  # [C]
+    buckets: np.ndarray  # [nb]
+    comp: np.ndarray  # [nb] compile cost per bucket (0 when warm)
+    gb: np.ndarray  # [nb] g per bucket
+
+    def evaluate(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Score count vectors [V, C] -> (score, expected on-time, expected time, bucket index)."""
+        v, c = counts.shape
+        k = self.logF.shape[1]
+        b = counts.sum(1)
+        fmax = np.exp(counts.astype(np.float32) @ self.logF)  # [V, K]  CDF of the max member
+        emax = self.du * ((k - 1) - fmax.sum(1, dtype=np.float64) + 0.5 * (fmax[:, 0] + fmax[:, -1]))
+        t_opt = self.comp[None, :] + self.gb[None, :] * emax[:, None]  # [V, nb]
+        t_opt[self.buckets[None, :] < b[:, None]] = np.inf
+        bi = t_opt.argmin(1)
+        t = t_opt[np.arange(v), bi]
+        scale = 1.0 / (self.gb[bi] * self.du)
+        u = (self.slack[None, :, :] - self.comp[bi][:, None, None]) * scale[:, None, None]  # [V, C, J]
+        j = np.arange(self.slack.shape[1])
+        valid = (u >= 0) & (j[None, None, :] < counts[:, :, None])
+        idx = np.minimum(np.where(valid, u, 0), k - 1).astype(np.int64).reshape(v, -1)
+        idx += (np.arange(v) * k)[:, None]
+        p = fmax.ravel()[idx].reshape(v, c, -1) * valid  # P(member on time)
+        ontime = p.sum((1, 2), dtype=np.float64)
+        return ontime / t, ontime, t, bi
+
+
+@register("orloj")
+class Orloj(Policy):
+    Config = OrlojConfig
+
+    def select(self, queue, now: float) -> Decision:
+        drops: list = []
+        best: tuple[float, Decision] | None = None
+        for model in queue.models():
+            groups: dict[int, list[int]] = {}
+            for cid in queue.classes(model):
+                groups.setdefault(self.latency.class_keys[cid][2], []).append(cid)
+            for shape, cids in groups.items():
+                cand = self._group_decision(queue, model, shape, cids, now, drops)
+                if cand is not None and (best is None or cand[0] > best[0]):
+                    best = cand
+        if best is None:
+            return Decision(drops=drops)
+        decision = best[1]
+        decision.drops = drops
+        return decision
+
+    # -- one group -------------------------------------------------------
+    def _group_decision(self, queue, model, shape, cids, now, drops) -> tuple[float, Decision] | None:
+        grp, cold_head = self._prepare(queue, model, shape, cids, now, drops)
+        if cold_head is not None:
+            # Exploration: seed the cold class with its own measurement.
+            bi = 0
+            return math.inf, Decision(model, [cold_head], int(grp.buckets[bi]), shape, info={"cold_class": True})
+        if grp is None:
+            return None
+        found = self._search(grp)
+        if found is None:
+            # No batch has any chance (possible only with drop_threshold 0):
+            # answer the survivors now rather than leave them queued forever.
+            drops.extend((r, Outcome.DROPPED, "deadline_unmeetable") for lst in grp.lists for r in lst)
+            return None
+        counts, score, ontime, t, bi = found
+        batch = [r for lst, n in zip(grp.lists, counts, strict=True) for r in lst[:n]]
+        batch.sort(key=lambda r: r.deadline_ms)
+        info = {"score": score, "expected_on_time": ontime}
+        return score, Decision(model, batch, int(grp.buckets[bi]), shape, predicted_ms=t, info=info)
+
+    def _prepare(self, queue, model, shape, cids, now, drops):
+        lat = self.latency
+        spec = self.models[model]
+        buckets = np.asarray(spec.batch_buckets)
+        g = lat.g_vec(model, spec.max_batch, shape)
+        gb = g[buckets]
+        comp = np.array([lat.compile_cost(model, int(b), shape) for b in buckets])
+        du, logF = lat.table(model, cids)
+        logF = logF.astype(np.float32)
+        log_thr = math.log(self.config.drop_threshold) if self.config.drop_threshold > 0 else -math.inf
+        classes = queue.classes(model)
+        keep, lists, cold_head = [], [], None
+        for i, cid in enumerate(cids):
+            lst = classes[cid]
+            # Slack below which even a lone run has P(on time) < threshold.
+            kstar = int(np.argmax(logF[i] >= log_thr)) if log_thr > -math.inf else 0
+            smin = float(np.min(comp + gb * (kstar * du)))
+            ndrop = _count_below(lst, now + smin)
+            if ndrop:
+                drops.extend((r, Outcome.DROPPED, "deadline_unmeetable") for r in lst[:ndrop])
+            survivors = lst[ndrop:]
+            if not survivors:
+                continue
+            if lat.is_cold(cid):
+                if cold_head is None or survivors[0].deadline_ms < cold_head.deadline_ms:
+                    cold_head = survivors[0]
+                continue
+            keep.append(i)
+            lists.append(survivors)
+        if cold_head is not None:
+            return _Group(model, shape, [], logF, du, np.zeros((0, 0)), np.zeros(0), buckets, comp, gb), cold_head
+        if not keep:
+            return None, None
+        jmax = spec.max_batch
+        slack = np.full((len(keep), jmax), -np.inf)
+        lens = np.zeros(len(keep), dtype=np.int64)
+        for row, lst in enumerate(lists):
+            head = lst[:jmax]
+            lens[row] = len(head)
+            slack[row, : len(head)] = [r.deadline_ms - now for r in head]
+        return _Group(model, shape, lists, logF[keep], du, slack, lens, buckets, comp, gb), None
+
+    def _search(self, grp: _Group):
+        """Best count vector and its (score, expected on-time, expected time, bucket index)."""
+        c = len(grp.lists)
+        max_b = int(grp.buckets[-1])
+        if math.comb(max_b + c, c) - 1 <= self.config.exhaustive_limit:
+            allv = count_vectors(c, max_b)
+            cand = allv[(allv <= grp.lens[None, :]).all(1)]
+        else:
+            cand = _greedy(grp, max_b)
+        score, ontime, t, bi = grp.evaluate(cand)
+        i = int(np.argmax(score))
+        if score[i] <= 0:
+            return None
+        return cand[i], float(score[i]), float(ontime[i]), float(t[i]), int(bi[i])
+
+
+def _greedy(grp: _Group, max_b: int) -> np.ndarray:
+    """Greedy growth from one seed per class; returns the final state of each seed [C, C]."""
+    c = len(grp.lists)
+    eye = np.eye(c, dtype=np.int64)
+    states = eye.copy()
+    cur = grp.evaluate(states)[0]
+    active = np.ones(c, dtype=bool)
+    for _ in range(max_b - 1):
+        ext = (states[:, None, :] + eye[None, :, :]).reshape(-1, c)  # [S*C, C]
+        ok = (ext <= grp.lens[None, :]).all(1) & (ext.sum(1) <= max_b) & np.repeat(active, c)
+        if not ok.any():
+            break
+        sc = np.full(ext.shape[0], -np.inf)
+        sc[ok] = grp.evaluate(ext[ok])[0]
+        sc = sc.reshape(c, c)
+        bc = sc.argmax(1)
+        new = sc[np.arange(c), bc]
+        improve = active & (new > cur)
+        if not improve.any():
+            break
+        states[improve] = states[improve] + eye[bc[improve]]
+        cur[improve] = new[improve]
+        active = improve
+    return states
+
+
+def _count_below(lst: list[Request], t: float) -> int:
+    """How many requests (sorted by deadline) have deadline < t."""
+    lo, hi = 0, len(lst)
+    if hi == 0 or lst[0].deadline_ms >= t:
+        return 0
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if lst[mid].deadline_ms < t:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo

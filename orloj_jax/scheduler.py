@@ -1,0 +1,293 @@
+"""The scheduler: a pure state machine around a policy (no threads, no JAX, no I/O).
+
+A request's life through this module:
+
+1. `add(req, now)` validates it, maps its size to a shape bucket, assigns its
+   latency class and queues it (or rejects it at once when the queue is full:
+   an explicit `REJECTED` outcome, never silence).
+2. When the device is idle the caller asks `next_batch(now)`. The policy
+   looks at the queue and the latency model and returns a `Decision`: the
+   batch to run (members, batch bucket, shape bucket), the requests to drop
+   and why, and when to ask again if it chose to wait. The scheduler applies
+   it: members become RUNNING, drops get their terminal outcome.
+3. The caller runs the batch (executor, or the simulator's emulation) and
+   reports `on_done(batch, result, now)`: members finish ON_TIME, LATE or
+   FAILED, and the measured times update the latency model.
+
+The live engine and the simulator call exactly these three methods; only the
+clock and the executor differ.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .latency import LatencyModel
+from .policies.base import Decision, Policy
+from .request import Outcome, Request, Status
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the scheduler needs to know of a served model."""
+
+    name: str
+    batch_buckets: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
+    shape_buckets: tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("ModelSpec.name must be non-empty")
+        for attr in ("batch_buckets", "shape_buckets"):
+            v = tuple(getattr(self, attr))
+            if not v or list(v) != sorted(set(v)):
+                raise ValueError(f"ModelSpec.{attr} must be sorted, unique and non-empty, got {v}")
+            object.__setattr__(self, attr, v)
+        if self.batch_buckets[0] < 1:
+            raise ValueError(f"batch buckets must be >= 1, got {self.batch_buckets}")
+
+    @property
+    def max_batch(self) -> int:
+        return self.batch_buckets[-1]
+
+    def shape_bucket(self, size: int) -> int:
+        i = bisect.bisect_left(self.shape_buckets, size)
+        if i == len(self.shape_buckets):
+            raise ValueError(f"model {self.name!r}: size {size} exceeds the largest shape bucket {self.shape_buckets[-1]}")
+        return self.shape_buckets[i]
+
+    def batch_bucket(self, n: int) -> int:
+        i = bisect.bisect_left(self.batch_buckets, n)
+        if i == len(self.batch_buckets):
+            raise ValueError(f"model {self.name!r}: batch of {n} exceeds max batch {self.max_batch}")
+        return self.batch_buckets[i]
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_queue: int = 100_000  # admission limit over all models
+
+    def __post_init__(self) -> None:
+        if self.max_queue < 1:
+            raise ValueError(f"SchedulerConfig.max_queue must be >= 1, got {self.max_queue}")
+
+
+_batch_ids = itertools.count()
+
+
+@dataclass(eq=False)
+class Batch:
+    model: str
+    requests: list[Request]
+    batch_bucket: int
+    shape_bucket: int
+    start_ms: float
+    predicted_ms: float | None = None  # expected device time, compile included
+    cold: bool = False  # the executable is not compiled yet
+    info: dict = field(default_factory=dict)
+    id: int = field(default_factory=lambda: next(_batch_ids))
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+
+@dataclass
+class BatchResult:
+    """What the executor observed. `solo_ms[i]` is member i's solo-equivalent time."""
+
+    device_ms: float  # measured wall time on the device, compile included
+    solo_ms: Sequence[float] | np.ndarray
+    compile_ms: float = 0.0
+    finish_ms: Sequence[float] | None = None  # per member, when answered early (early exit)
+    exit_index: Sequence[int] | None = None
+    error: str | None = None
+
+
+@dataclass
+class SchedulerOutput:
+    batch: Batch | None
+    finished: list[Request]  # requests that reached a terminal outcome in this call
+    wake_at: float | None  # ask again at this time even without a new event
+
+
+class RequestQueue:
+    """Queued requests per model: per latency class sorted by deadline, plus arrival order."""
+
+    def __init__(self) -> None:
+        self.by_class: dict[str, dict[int, list[Request]]] = {}
+        self.fifo: dict[str, dict[int, Request]] = {}
+        self.size = 0
+
+    def add(self, req: Request) -> None:
+        classes = self.by_class.setdefault(req.model, {})
+        lst = classes.setdefault(req.cls, [])
+        if not lst or lst[-1].deadline_ms <= req.deadline_ms:
+            lst.append(req)
+        else:
+            bisect.insort_right(lst, req, key=_deadline)
+        self.fifo.setdefault(req.model, {})[req.id] = req
+        self.size += 1
+
+    def remove(self, reqs: Iterable[Request]) -> None:
+        reqs = list(reqs)
+        if not reqs:
+            return
+        ids = {r.id for r in reqs}
+        touched: dict[tuple[str, int], int] = {}
+        for r in reqs:
+            del self.fifo[r.model][r.id]
+            touched[(r.model, r.cls)] = touched.get((r.model, r.cls), 0) + 1
+        for (model, cls), n in touched.items():
+            lst = self.by_class[model][cls]
+            if all(r.id in ids for r in lst[:n]):
+                del lst[:n]  # the common case: a prefix (most urgent first)
+            else:
+                lst[:] = [r for r in lst if r.id not in ids]
+            if not lst:
+                del self.by_class[model][cls]
+        self.size -= len(reqs)
+
+    def models(self) -> list[str]:
+        return [m for m, d in self.fifo.items() if d]
+
+    def classes(self, model: str) -> dict[int, list[Request]]:
+        return self.by_class.get(model, {})
+
+    def in_arrival_order(self, model: str) -> Iterable[Request]:
+        return self.fifo.get(model, {}).values()
+
+    def all_requests(self) -> Iterable[Request]:
+        for d in self.fifo.values():
+            yield from d.values()
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _deadline(r: Request) -> float:
+    return r.deadline_ms
+
+
+class Scheduler:
+    """Queue + policy + latency model; see the module docstring for the protocol."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        models: Sequence[ModelSpec],
+        latency: LatencyModel | None = None,
+        config: SchedulerConfig | None = None,
+    ):
+        if not models:
+            raise ValueError("Scheduler needs at least one ModelSpec")
+        self.models = {m.name: m for m in models}
+        if len(self.models) != len(models):
+            raise ValueError("duplicate model names in ModelSpec list")
+        self.latency = latency or LatencyModel()
+        self.config = config or SchedulerConfig()
+        self.queue = RequestQueue()
+        self.policy = policy
+        policy.bind(self.models, self.latency)
+        self.running: Batch | None = None
+        self.stats = {"added": 0, "rejected": 0, "dropped": 0, "batches": 0}
+
+    # -- 1. admission ----------------------------------------------------
+    def add(self, req: Request, now: float) -> bool:
+        """Queue `req`; False (and a REJECTED outcome) when the queue is full."""
+        spec = self.models.get(req.model)
+        if spec is None:
+            raise ValueError(f"unknown model {req.model!r}; served: {sorted(self.models)}")
+        if req.status is not Status.QUEUED or req.outcome is not None:
+            raise ValueError(f"request {req.id} was already scheduled (status {req.status.name})")
+        self.stats["added"] += 1
+        if len(self.queue) >= self.config.max_queue:
+            req.finish(Outcome.REJECTED, now, "queue_full")
+            self.stats["rejected"] += 1
+            return False
+        req.shape_bucket = spec.shape_bucket(req.size)
+        req.cls = self.latency.class_id(req.model, req.tag, req.shape_bucket)
+        self.queue.add(req)
+        self.policy.on_arrival(req, now)
+        return True
+
+    def cancel(self, req: Request, now: float) -> bool:
+        """Remove a still-queued request (its client went away). True if removed."""
+        if req.status is not Status.QUEUED or req.outcome is not None:
+            return False
+        self.queue.remove([req])
+        req.finish(Outcome.CANCELLED, now, "cancelled")
+        return True
+
+    # -- 2. decide -------------------------------------------------------
+    def next_batch(self, now: float) -> SchedulerOutput:
+        """Ask the policy for the next batch; call only while the device is idle."""
+        assert self.running is None, "next_batch called while a batch is running"
+        if not len(self.queue):
+            return SchedulerOutput(None, [], None)
+        decision = self.policy.select(self.queue, now)
+        finished = self._apply_drops(decision, now)
+        batch = self._start(decision, now) if decision.batch else None
+        return SchedulerOutput(batch, finished, decision.wake_at)
+
+    def _apply_drops(self, decision: Decision, now: float) -> list[Request]:
+        if not decision.drops:
+            return []
+        self.queue.remove(r for r, _, _ in decision.drops)
+        for r, outcome, reason in decision.drops:
+            r.finish(outcome, now, reason)
+        self.stats["dropped"] += len(decision.drops)
+        return [r for r, _, _ in decision.drops]
+
+    def _start(self, d: Decision, now: float) -> Batch:
+        spec = self.models[d.model]
+        assert len(d.batch) <= d.batch_bucket <= spec.max_batch, (len(d.batch), d.batch_bucket)
+        self.queue.remove(d.batch)
+        for r in d.batch:
+            r.status = Status.RUNNING
+            r.start_ms = now
+        cold = not self.latency.is_warm(d.model, d.batch_bucket, d.shape_bucket)
+        batch = Batch(d.model, d.batch, d.batch_bucket, d.shape_bucket, now, d.predicted_ms, cold, d.info)
+        self.running = batch
+        self.stats["batches"] += 1
+        return batch
+
+    # -- 3. report -------------------------------------------------------
+    def on_done(self, batch: Batch, result: BatchResult, now: float) -> list[Request]:
+        """Finish the batch's members and learn from what was measured."""
+        assert batch is self.running, "on_done for a batch that is not running"
+        self.running = None
+        reqs = batch.requests
+        if result.error is not None:
+            for r in reqs:
+                r.finish(Outcome.FAILED, now, result.error)
+            self.policy.on_done(batch, result, now)
+            return reqs
+        solo = np.asarray(result.solo_ms, dtype=np.float64)
+        if solo.shape != (len(reqs),):
+            raise ValueError(f"BatchResult.solo_ms has shape {solo.shape}, batch has {len(reqs)} members")
+        for i, r in enumerate(reqs):
+            t = now if result.finish_ms is None else result.finish_ms[i]
+            if result.exit_index is not None:
+                r.exit_index = int(result.exit_index[i])
+            r.finish(Outcome.ON_TIME if t <= r.deadline_ms else Outcome.LATE, t)
+        self._learn(batch, result, solo)
+        self.policy.on_done(batch, result, now)
+        return reqs
+
+    def _learn(self, batch: Batch, result: BatchResult, solo: np.ndarray) -> None:
+        lat = self.latency
+        by_cls: dict[int, list[float]] = {}
+        for r, s in zip(batch.requests, solo, strict=True):
+            by_cls.setdefault(r.cls, []).append(s)
+        for cid, xs in by_cls.items():
+            lat.observe(cid, np.asarray(xs))
+        if result.compile_ms > 0:
+            lat.observe_compile(batch.model, batch.batch_bucket, batch.shape_bucket, result.compile_ms)
+        else:
+            lat.mark_warm(batch.model, batch.batch_bucket, batch.shape_bucket)
+        lat.observe_batch(batch.model, batch.batch_bucket, result.device_ms - result.compile_ms, float(solo.max()), batch.shape_bucket)

@@ -1,0 +1,191 @@
+"""Discrete-event simulator around the SAME `Scheduler` and policies as the live engine.
+
+A request's life here: its arrival event calls `Scheduler.add`; whenever the
+emulated device is idle the loop calls `Scheduler.next_batch(now)`; the
+emulated device "runs" the batch for
+
+    compile (if the executable is cold and compiles cost something)
+      + g(B) * max(true solo time of the members)
+
+(the original evaluation's emulation, g from the workload's batch curve,
+B the padded batch bucket), and at that virtual time the loop reports
+`Scheduler.on_done`, which answers the members. Only the clock and the
+executor are virtual; the policy code is the live one. Deterministic: the
+trace fixes every time, and the scheduler itself draws no random numbers.
+
+Before the run the latency model is given the trace's offline profile (per
+tag solo samples drawn independently of the trace, and g(b) measured by
+running the emulated device at each batch bucket), as a deployment profiles
+a model before serving it. A trace with no profile starts cold and learns
+online.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from .latency import LatencyConfig, LatencyModel
+from .policies.base import Policy
+from .request import Request
+from .scheduler import Batch, BatchResult, ModelSpec, Scheduler, SchedulerConfig
+from .stats import summarize
+
+
+class TraceLike(Protocol):
+    arrivals_ms: np.ndarray
+    tags: tuple[str, ...]
+    tag_idx: np.ndarray
+    exec_ms: np.ndarray
+    slo_ms: np.ndarray
+    profile: Mapping[str, np.ndarray]
+
+    @property
+    def curve(self): ...  # has .g(b)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    model: str = "model"
+    max_batch: int = 8
+    batch_buckets: tuple[int, ...] | None = None  # default 1..max_batch
+    compile_ms: float = 0.0  # cost of a cold executable; 0: everything warm
+    prewarm: tuple[int, ...] = ()  # batch buckets compiled before the run
+    max_queue: int = 1_000_000
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.compile_ms < 0:
+            raise ValueError(f"compile_ms must be >= 0, got {self.compile_ms}")
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.model, self.batch_buckets or tuple(range(1, self.max_batch + 1)))
+
+
+class EmulatedDevice:
+    """Batch time = compile (cold) + g(B) * max true member time; deterministic."""
+
+    def __init__(self, g: Callable[[int], float], compile_ms: float = 0.0):
+        self.g = g
+        self.compile_ms = compile_ms
+        self.compiled: set[tuple[str, int, int]] = set()
+
+    def run(self, batch: Batch) -> BatchResult:
+        solo = np.array([r.true_ms for r in batch.requests], dtype=np.float64)
+        key = (batch.model, batch.batch_bucket, batch.shape_bucket)
+        comp = 0.0
+        if self.compile_ms and key not in self.compiled:
+            comp = self.compile_ms
+        self.compiled.add(key)
+        return BatchResult(device_ms=comp + float(self.g(batch.batch_bucket)) * float(solo.max()), solo_ms=solo, compile_ms=comp)
+
+
+@dataclass
+class SimResult:
+    requests: list[Request]
+    batch_sizes: list[int]
+    predicted_ms: np.ndarray  # per batch, the policy's expected device time (nan if none)
+    measured_ms: np.ndarray
+    scheduler: Scheduler
+
+    def summary(self) -> dict:
+        arr = [r.arrival_ms for r in self.requests]
+        span = (max(arr) - min(arr)) if arr else 0.0
+        return summarize(self.requests, self.batch_sizes, span)
+
+
+def build_requests(trace: TraceLike, model: str) -> list[Request]:
+    tags = trace.tags
+    return [
+        Request(model=model, tag=tags[int(ti)], arrival_ms=float(a), deadline_ms=float(a + s), true_ms=float(x))
+        for a, ti, x, s in zip(trace.arrivals_ms, trace.tag_idx, trace.exec_ms, trace.slo_ms, strict=True)
+    ]
+
+
+def seed_latency(latency: LatencyModel, trace: TraceLike, spec: ModelSpec, device: EmulatedDevice) -> None:
+    """The offline profile: per-tag samples, and g(b) measured on the emulated device."""
+    profiled = False
+    for tag in trace.tags:
+        samples = trace.profile.get(tag, np.zeros(0))
+        if len(samples):
+            latency.seed(spec.name, tag, np.asarray(samples, dtype=np.float64))
+            profiled = True
+    if profiled:
+        latency.seed_scaling(spec.name, {b: float(device.g(b)) for b in spec.batch_buckets})
+    if not device.compile_ms:
+        latency.mark_all_warm(spec.name)
+
+
+def simulate(
+    trace: TraceLike,
+    policy: Policy,
+    config: SimConfig | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SimResult:
+    cfg = config or SimConfig()
+    spec = cfg.spec()
+    device = EmulatedDevice(trace.curve.g, cfg.compile_ms)
+    latency = LatencyModel(cfg.latency)
+    for b in cfg.prewarm:
+        device.compiled.add((spec.name, b, 0))
+        latency.mark_warm(spec.name, b)
+    seed_latency(latency, trace, spec, device)
+    sched = Scheduler(policy, [spec], latency, SchedulerConfig(max_queue=cfg.max_queue))
+    reqs = build_requests(trace, spec.name)
+    arrivals = [r.arrival_ms for r in reqs]
+    n = len(reqs)
+    i = 0
+    now = 0.0
+    running: Batch | None = None
+    result: BatchResult | None = None
+    busy_until = math.inf
+    wake_at: float | None = None
+    sizes: list[int] = []
+    pred: list[float] = []
+    meas: list[float] = []
+    answered = 0
+    while True:
+        t_arr = arrivals[i] if i < n else math.inf
+        t_wake = wake_at if (running is None and wake_at is not None) else math.inf
+        t = min(t_arr, busy_until, t_wake)
+        if t == math.inf:
+            break
+        now = t
+        if running is not None and busy_until <= now:
+            answered += len(sched.on_done(running, result, now))
+            running, busy_until = None, math.inf
+        while i < n and arrivals[i] <= now:
+            if not sched.add(reqs[i], now):
+                answered += 1
+            i += 1
+        wake_at = None
+        if running is None and len(sched.queue):
+            out = sched.next_batch(now)
+            answered += len(out.finished)
+            wake_at = out.wake_at
+            if out.batch is not None:
+                running = out.batch
+                result = device.run(running)
+                busy_until = now + result.device_ms
+                sizes.append(len(running))
+                pred.append(running.predicted_ms if running.predicted_ms is not None else math.nan)
+                meas.append(result.device_ms)
+            elif wake_at is None and i >= n and len(sched.queue):
+                raise RuntimeError(f"policy {policy.name!r} left {len(sched.queue)} requests queued with no plan to run them")
+        if progress is not None:
+            progress(answered)
+    stranded = [r for r in reqs if r.outcome is None]
+    if stranded:
+        raise RuntimeError(f"{len(stranded)} requests never answered (policy {policy.name!r})")
+    return SimResult(reqs, sizes, np.asarray(pred), np.asarray(meas), sched)
+
+
+def run_policies(trace: TraceLike, policies: Sequence[Policy], config: SimConfig | None = None) -> dict[str, dict]:
+    """Simulate each policy on the same trace; {policy name: summary}."""
+    return {p.name: simulate(trace, p, config).summary() for p in policies}
