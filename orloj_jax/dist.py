@@ -115,7 +115,8 @@ class EmpiricalDist:
         """Inverse of the step CDF: the smallest sample x with F(x) >= q."""
         s = self._need()
         q = np.asarray(q, dtype=np.float64)
-        idx = np.clip(np.ceil(q * s.size).astype(np.int64) - 1, 0, s.size - 1)
+        # Same arithmetic as `cdf` (i / n), so quantile(cdf(x)) == x exactly.
+        idx = np.clip(np.searchsorted(np.arange(1, s.size + 1) / s.size, q, side="left"), 0, s.size - 1)
         return s[idx]
 
     def mean(self) -> float:
@@ -223,7 +224,9 @@ def scaled(dist: Distribution, factor: float, grid: np.ndarray | None = None, k:
     """Distribution of `factor * X`: the batch-size scaling X_batch = g(b) * max."""
     if not factor > 0:
         raise ValueError(f"scale factor must be > 0, got {factor}")
-    grid = np.linspace(0.0, dist.support_max() * factor * (1 + 1e-9), k) if grid is None else grid
+    if grid is None:
+        hi = dist.support_max() * factor
+        grid = np.linspace(0.0, (hi if hi > 0 else 1.0) * (1 + 1e-9), k)
     return GridDist(grid, dist.cdf(np.asarray(grid) / factor))
 
 

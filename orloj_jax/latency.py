@@ -117,6 +117,7 @@ class LatencyModel:
         self._grids: dict[str, _ModelGrid] = {}
         self._scaling: dict[tuple[str, int], _Scaling] = {}
         self._warm: set[tuple[str, int, int]] = set()
+        self._warm_groups: set[tuple[str, int]] = set()
         self._all_warm: set[str] = set()
         self._compile: dict[str, EmpiricalDist] = {}
 
@@ -172,6 +173,7 @@ class LatencyModel:
 
     def mark_warm(self, model: str, batch_bucket: int, shape_bucket: int = 0) -> None:
         self._warm.add((model, batch_bucket, shape_bucket))
+        self._warm_groups.add((model, shape_bucket))
 
     def mark_all_warm(self, model: str) -> None:
         """An executor with no compile step (emulated, or everything pre-compiled)."""
@@ -189,7 +191,24 @@ class LatencyModel:
         return d.mean() if d is not None and d.n else self.config.compile_prior_ms
 
     def compile_cost(self, model: str, batch_bucket: int, shape_bucket: int = 0) -> float:
+        """Expected compile before a run of this executable (0 when warm)."""
         return 0.0 if self.is_warm(model, batch_bucket, shape_bucket) else self.compile_estimate_ms(model)
+
+    def group_warm(self, model: str, shape_bucket: int = 0) -> bool:
+        """Whether any batch bucket of (model, shape bucket) is compiled."""
+        return model in self._all_warm or (model, shape_bucket) in self._warm_groups
+
+    def avoidable_compile_costs(self, model: str, buckets, shape_bucket: int = 0) -> np.ndarray:
+        """Compile cost per batch bucket, as policies weigh it within one shape group.
+
+        While no bucket of the group is warm the first compile cannot be
+        avoided by any choice within the group, so it is not held against a
+        request (all zeros): otherwise every deadline-aware policy would judge
+        every request hopeless, drop it, and never compile anything.
+        """
+        if not self.group_warm(model, shape_bucket):
+            return np.zeros(len(buckets))
+        return np.array([self.compile_cost(model, int(b), shape_bucket) for b in buckets])
 
     def g(self, model: str, b: int, shape_bucket: int = 0) -> float:
         return self._scale(model, shape_bucket).g(b)

@@ -202,7 +202,7 @@ class Scheduler:
         spec = self.models.get(req.model)
         if spec is None:
             raise ValueError(f"unknown model {req.model!r}; served: {sorted(self.models)}")
-        if req.status is not Status.QUEUED or req.outcome is not None:
+        if req.status is not Status.QUEUED or req.outcome is not None or req.id in self.queue.fifo.get(req.model, {}):
             raise ValueError(f"request {req.id} was already scheduled (status {req.status.name})")
         self.stats["added"] += 1
         if len(self.queue) >= self.config.max_queue:

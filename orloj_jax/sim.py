@@ -169,6 +169,8 @@ def simulate(
             out = sched.next_batch(now)
             answered += len(out.finished)
             wake_at = out.wake_at
+            if wake_at is not None and wake_at <= now and out.batch is None:
+                raise RuntimeError(f"policy {policy.name!r} asked to wake at {wake_at} <= now {now} without running anything")
             if out.batch is not None:
                 running = out.batch
                 result = device.run(running)

@@ -47,7 +47,9 @@ class _Profile:
         v = self._cache.get(key)
         if v is None:
             v = self._cache[key] = self._compute(cid, bucket)
-        return v + lat.compile_cost(lat.class_keys[cid][0], bucket, lat.class_keys[cid][2])
+        model, _, shape = lat.class_keys[cid]
+        # An unavoidable first compile is not held against requests (see LatencyModel).
+        return v + (lat.compile_cost(model, bucket, shape) if lat.group_warm(model, shape) else 0.0)
 
     def _compute(self, cid: int, bucket: int) -> float:
         m = self.measured.get((cid, bucket))

@@ -55,7 +55,7 @@ class Oracle(Policy):
         lat = self.latency
         buckets = np.asarray(spec.batch_buckets)
         gb = lat.g_vec(model, spec.max_batch, shape)[buckets]
-        comp = np.array([lat.compile_cost(model, int(b), shape) for b in buckets])
+        comp = lat.avoidable_compile_costs(model, buckets, shape)
         pool = []
         for lst in lists:
             kept = 0
@@ -85,6 +85,6 @@ class Oracle(Policy):
         others.sort(key=lambda i: d[i])
         members = [pool[m]] + [pool[i] for i in others[: int(n[m, bi]) - 1]]
         members.sort(key=lambda r: r.deadline_ms)
-        bucket = spec.batch_bucket(len(members))
-        tt = float(comp[list(buckets).index(bucket)] + gb[list(buckets).index(bucket)] * x[m])
+        bucket = int(buckets[bi])  # the bucket that was scored (a warm larger one may beat a cold exact one)
+        tt = float(comp[bi] + gb[bi] * x[m])
         return float(score[m, bi]), Decision(model, members, bucket, shape, predicted_ms=tt, info={"score": float(score[m, bi])})

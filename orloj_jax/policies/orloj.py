@@ -149,7 +149,7 @@ class Orloj(Policy):
         buckets = np.asarray(spec.batch_buckets)
         g = lat.g_vec(model, spec.max_batch, shape)
         gb = g[buckets]
-        comp = np.array([lat.compile_cost(model, int(b), shape) for b in buckets])
+        comp = lat.avoidable_compile_costs(model, buckets, shape)
         du, logF = lat.table(model, cids)
         logF = logF.astype(np.float32)
         log_thr = math.log(self.config.drop_threshold) if self.config.drop_threshold > 0 else -math.inf

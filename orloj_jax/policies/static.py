@@ -91,11 +91,14 @@ class Static(Policy):
                 break
         n = len(members)
         if n < mbs:
-            pref = [p for p in cfg.preferred_batch_sizes if p <= n]
-            if pref:
-                n = pref[-1]
-            elif now - oldest.arrival_ms < cfg.max_queue_delay_us / 1000.0:
-                return Decision(drops=drops, wake_at=oldest.arrival_ms + cfg.max_queue_delay_us / 1000.0)
+            # Same expression for the test and the wake-up time, so that waking
+            # at exactly `due` always runs (no float round-off loop).
+            due = oldest.arrival_ms + cfg.max_queue_delay_us / 1000.0
+            if now < due:
+                pref = [p for p in cfg.preferred_batch_sizes if p <= n]
+                if not pref:
+                    return Decision(drops=drops, wake_at=due)
+                n = pref[-1]  # a preferred size can be filled: run it without waiting
         members = members[:n]
         size = n
         if cfg.allowed_batch_sizes:

@@ -1,0 +1,687 @@
+"""Policies on hand-built scenarios with a fake clock (explicit `now`, ms).
+
+Most orloj scenarios use a latency model with `grid_points=61` and a class whose
+largest sample is 40 ms: the first observation sets the model's grid to
+umax = 1.5 * 40 = 60, du = 60 / 60 = 1 ms, so the tabulated CDF is exact at every
+integer millisecond. For a class whose samples are all v (integer), the expected
+max on that grid (trapezoid over the tabulated CDF) is
+
+    E = du * ((K - 1) - sum_k F(k) + (F(0) + F(60)) / 2) = 60 - (61 - v) + 0.5 = v - 0.5,
+
+e.g. 9.5 ms for v = 10 and 39.5 ms for v = 40; for {10, 20, 30, 40} it is
+60 - 36 + 0.5 = 24.5 ms (sum_k F(k) = 10 * (0.25 + 0.5 + 0.75) + 21).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import orloj_jax.policies.orloj as orloj_mod
+from orloj_jax.latency import LatencyConfig, LatencyModel
+from orloj_jax.policies import make_policy, policy_names
+from orloj_jax.policies.static import StaticConfig
+from orloj_jax.request import Outcome, Request
+from orloj_jax.scheduler import BatchResult, ModelSpec, Scheduler
+
+M = "m"
+ALL_B = tuple(range(1, 9))
+
+
+def req(tag="a", arrival=0.0, deadline=100.0, size=0, true_ms=None) -> Request:
+    return Request(
+        model=M, tag=tag, arrival_ms=arrival, deadline_ms=deadline, size=size, true_ms=true_ms
+    )
+
+
+def make(
+    policy: str,
+    classes: dict[str, list[float]] | None = None,
+    *,
+    buckets=ALL_B,
+    shapes=(0,),
+    warm=True,
+    lat_cfg: LatencyConfig | None = None,
+    g: dict[int, float] | None = None,
+    **opts,
+) -> Scheduler:
+    """A one-model scheduler; `classes` seeds per-tag samples in the given order."""
+    lat = LatencyModel(lat_cfg or LatencyConfig(grid_points=61))
+    for tag, xs in (classes or {}).items():
+        lat.seed(M, tag, np.asarray(xs, dtype=np.float64))
+    if g:
+        lat.seed_scaling(M, g)
+    if warm:
+        lat.mark_all_warm(M)
+    return Scheduler(make_policy(policy, **opts), [ModelSpec(M, buckets, shapes)], lat)
+
+
+def add_all(s: Scheduler, reqs, now=0.0):
+    for r in reqs:
+        assert s.add(r, now)
+    return reqs
+
+
+# g(b) = 1 + 0.25 (b - 1): dyadic, so 10 * g(b) is exact in floating point
+G25 = {b: 1.0 + 0.25 * (b - 1) for b in ALL_B}
+
+
+# ----------------------------------------------------------------------------
+# static
+
+
+def test_static_waits_max_queue_delay_then_runs_all():
+    """max_queue_delay_us 2000 = 2 ms, arrivals at 10.0 and 10.5 (fewer than 8): before
+    10 + 2 = 12 there is no batch and wake_at is exactly 12.0; at 12.0 both run."""
+    s = make("static", max_queue_delay_us=2000.0)
+    a, b = req(arrival=10.0, deadline=1000.0), req(arrival=10.5, deadline=1000.0)
+    s.add(a, 10.0)
+    out = s.next_batch(10.0)
+    assert out.batch is None and out.wake_at == 12.0
+    s.add(b, 10.5)
+    out = s.next_batch(11.999)
+    assert out.batch is None and out.wake_at == 12.0 and out.finished == []
+    out = s.next_batch(12.0)
+    assert out.batch.requests == [a, b] and out.batch.batch_bucket == 2
+
+
+def test_static_zero_delay_runs_at_once():
+    s = make("static")
+    a = add_all(s, [req()])[0]
+    assert s.next_batch(0.0).batch.requests == [a]
+
+
+def test_static_full_batch_runs_immediately():
+    """max_batch_size 4 with 5 queued and a long delay: the 4 oldest run at once."""
+    s = make("static", max_batch_size=4, max_queue_delay_us=1e6)
+    rs = [req(arrival=float(i), deadline=1000.0) for i in range(5)]
+    for r in rs:
+        s.add(r, r.arrival_ms)
+    out = s.next_batch(4.0)
+    assert out.batch.requests == rs[:4] and out.batch.batch_bucket == 4 and out.wake_at is None
+
+
+def test_static_preferred_batch_sizes():
+    """preferred (2, 4), 3 queued, long delay: the largest preferred size that can be
+    filled (2) runs at once with the 2 oldest; a lone request waits."""
+    s = make("static", preferred_batch_sizes=(4, 2), max_queue_delay_us=1e6)
+    rs = [req(arrival=float(i), deadline=1e4) for i in range(3)]
+    add_all(s, rs, 2.0)
+    out = s.next_batch(2.0)
+    assert out.batch.requests == rs[:2]
+    s.on_done(out.batch, BatchResult(device_ms=1.0, solo_ms=[1.0, 1.0]), 3.0)
+    out = s.next_batch(3.0)
+    assert out.batch is None and out.wake_at == 2.0 + 1000.0
+
+
+def test_static_allowed_batch_sizes_pad_to_next_allowed():
+    """allowed (2, 4, 8): 3 queued -> padded to 4 (bucket 4); allowed (2, 4) caps
+    the batch at 4 even with 6 queued; with model buckets (1, 2, 4, 8) and allowed
+    (3, 6), a batch of 2 is padded to 3, which runs in model bucket 4."""
+    s = make("static", allowed_batch_sizes=(8, 2, 4))
+    add_all(s, [req() for _ in range(3)])
+    out = s.next_batch(0.0)
+    assert len(out.batch) == 3 and out.batch.batch_bucket == 4
+    s = make("static", allowed_batch_sizes=(2, 4))
+    add_all(s, [req() for _ in range(6)])
+    out = s.next_batch(0.0)
+    assert len(out.batch) == 4 and out.batch.batch_bucket == 4
+    s = make("static", buckets=(1, 2, 4, 8), allowed_batch_sizes=(3, 6))
+    add_all(s, [req() for _ in range(2)])
+    assert s.next_batch(0.0).batch.batch_bucket == 4
+
+
+def test_static_timeout_from_slo():
+    """SLO 10 (arrival 0, deadline 10): still queued at now = 10 (waited exactly the
+    SLO) it is not timed out; at 10.5 (> SLO) it is answered TIMED_OUT (queue_timeout)
+    while the request with SLO 20 runs."""
+    s = make("static")
+    a, b = req(deadline=10.0), req(deadline=20.0)
+    add_all(s, [a, b])
+    out = s.next_batch(10.0)
+    assert out.finished == [] and out.batch.requests == [a, b]
+    s = make("static")
+    a, b = req(deadline=10.0), req(deadline=20.0)
+    add_all(s, [a, b])
+    out = s.next_batch(10.5)
+    assert out.finished == [a] and a.outcome is Outcome.TIMED_OUT and a.reason == "queue_timeout"
+    assert out.batch.requests == [b]
+
+
+def test_static_queue_timeout_us_and_no_slo_timeout():
+    """queue_timeout_us 5000 = 5 ms < SLO 10: timed out at 5.5. With
+    timeout_from_slo False and no queue timeout nothing is ever timed out."""
+    s = make("static", queue_timeout_us=5000.0)
+    a = add_all(s, [req(deadline=10.0)])[0]
+    out = s.next_batch(5.5)
+    assert out.finished == [a] and a.outcome is Outcome.TIMED_OUT and out.batch is None
+    s = make("static", timeout_from_slo=False)
+    a = add_all(s, [req(deadline=10.0)])[0]
+    out = s.next_batch(1000.0)
+    assert out.finished == [] and out.batch.requests == [a]
+
+
+def test_static_pad_variable_length():
+    """Shape buckets (16, 32); sizes 10 (oldest, bucket 16), 20 (32), 12 (16).
+    pad_variable_length False: only the oldest's bucket batches -> [r0, r2], shape 16.
+    True: all three, padded to shape 32."""
+    for pad, members, shape in ((False, [0, 2], 16), (True, [0, 1, 2], 32)):
+        s = make("static", shapes=(16, 32), pad_variable_length=pad)
+        rs = [req(arrival=float(i), size=z) for i, z in enumerate((10, 20, 12))]
+        for r in rs:
+            s.add(r, r.arrival_ms)
+        out = s.next_batch(3.0)
+        assert out.batch.requests == [rs[i] for i in members] and out.batch.shape_bucket == shape
+
+
+def test_static_config_validation():
+    with pytest.raises(ValueError):
+        StaticConfig(max_batch_size=0)
+    with pytest.raises(ValueError):
+        StaticConfig(max_queue_delay_us=-1)
+    with pytest.raises(ValueError):
+        StaticConfig(queue_timeout_us=0)
+    with pytest.raises(ValueError):
+        StaticConfig(allowed_batch_sizes=(0, 2))
+    assert StaticConfig(preferred_batch_sizes=(4, 2, 4)).preferred_batch_sizes == (2, 4)
+
+
+def test_static_runs_at_the_wake_time_it_returned():
+    """Arrival 0.3, delay 2 ms: wake_at = 0.3 + 2.0 = 2.3 (as a float). Asked again at
+    exactly that time, the batcher must run the request (the delay has elapsed)."""
+    s = make("static", max_queue_delay_us=2000.0)
+    a = req(arrival=0.3, deadline=1000.0)
+    s.add(a, 0.3)
+    wake = s.next_batch(0.3).wake_at
+    assert wake == 0.3 + 2.0
+    out = s.next_batch(wake)
+    assert out.batch is not None and out.batch.requests == [a]
+
+
+# ----------------------------------------------------------------------------
+# clockwork
+
+
+def test_clockwork_drops_exactly_when_deadline_before_now_plus_estimate():
+    """Profile 1..100 ms: p99 = smallest sample with F >= 0.99 = 99; g(1) = 1, warm:
+    estimate(1) = 99. At now = 5: deadline 103.999 < 104 -> DROPPED; deadline 104.0
+    is not < 104 -> kept and run."""
+    s = make("clockwork", {"a": list(np.arange(1.0, 101.0))})
+    assert s.policy.profile.estimate(s.latency.class_id(M, "a"), 1) == 99.0
+    out_, in_ = req(deadline=103.999), req(deadline=104.0)
+    add_all(s, [out_, in_])
+    out = s.next_batch(5.0)
+    assert (
+        out.finished == [out_]
+        and out_.outcome is Outcome.DROPPED
+        and out_.reason == "deadline_unmeetable"
+    )
+    assert out.batch.requests == [in_]
+
+
+def test_clockwork_estimate_includes_compile_when_cold():
+    """Compile prior 500. With bucket 2 warm, bucket 1 is avoidably cold:
+    estimate(1) = 99 + 500 = 599, so a deadline of 500 is dropped. With nothing
+    of the group warm the first compile is unavoidable and not held against the
+    request: estimate(1) = 99, the same deadline is kept (and the run compiles)."""
+    s = make("clockwork", {"a": list(np.arange(1.0, 101.0))}, warm=False)
+    s.latency.mark_warm(M, 2)
+    cid = s.latency.class_id(M, "a")
+    assert s.policy.profile.estimate(cid, 1) == 599.0
+    r = add_all(s, [req(deadline=500.0)])[0]
+    assert s.next_batch(0.0).finished == [r]
+    s = make("clockwork", {"a": list(np.arange(1.0, 101.0))}, warm=False)
+    assert s.policy.profile.estimate(cid, 1) == 99.0
+    r = add_all(s, [req(deadline=500.0)])[0]
+    assert s.next_batch(0.0).batch.requests == [r]
+
+
+def test_clockwork_largest_batch_meeting_head_deadline():
+    """Constant profile 10 ms, g(b) = 1 + 0.25 (b - 1): estimate(b) = 10 g(b) =
+    10, 12.5, 15, 17.5, 20, ... Head deadline now + 17.5: the largest b with
+    now + estimate(b) <= 17.5 is 4 (b = 5 needs 20). With a second class b whose head
+    (deadline 16) is more urgent than class a's (17.5), class b is served, and
+    estimate(3) = 15 <= 16 < estimate(4) = 17.5 gives 3 of class b."""
+    s = make("clockwork", {"a": [10.0] * 100, "b": [10.0] * 100}, g=G25)
+    a_reqs = [req("a", deadline=d) for d in (17.5, 100.0, 100.0, 100.0, 100.0, 100.0)]
+    add_all(s, a_reqs)
+    out = s.next_batch(0.0)
+    assert out.batch.requests == a_reqs[:4] and out.batch.batch_bucket == 4
+    s = make("clockwork", {"a": [10.0] * 100, "b": [10.0] * 100}, g=G25)
+    add_all(s, a_reqs := [req("a", deadline=d) for d in (17.5, 100.0, 100.0)])
+    b_reqs = add_all(s, [req("b", deadline=d) for d in (16.0, 90.0, 90.0, 90.0)])
+    out = s.next_batch(0.0)
+    assert out.batch.requests == b_reqs[:3]
+
+
+def test_clockwork_switches_to_measured_batch_times():
+    """After min_measured = 20 solo batches of bucket 1 measured at 30 ms, estimate(1)
+    is their p99 = 30 (not the profile's 10): a request with slack 29 is dropped."""
+    s = make("clockwork", {"a": [10.0] * 100})
+    cid = s.latency.class_id(M, "a")
+    now = 0.0
+    for _ in range(20):
+        add_all(s, [req(arrival=now, deadline=now + 1000.0)], now)
+        b = s.next_batch(now).batch
+        now += 30.0
+        s.on_done(b, BatchResult(device_ms=30.0, solo_ms=[10.0]), now)
+    assert s.policy.profile.estimate(cid, 1) == 30.0
+    r = add_all(s, [req(arrival=now, deadline=now + 29.0)], now)[0]
+    assert s.next_batch(now).finished == [r]
+
+
+# ----------------------------------------------------------------------------
+# nexus
+
+
+def test_nexus_batch_size_fits_half_the_slo():
+    """Constant 10 ms, g = 1 + 0.25 (b - 1): estimate(b) = 10 + 2.5 (b - 1) <= SLO/2 =
+    20 holds up to b* = 5; with 8 requests (SLO 40, now 0) the batch is 5."""
+    s = make("nexus", {"a": [10.0] * 100}, g=G25)
+    rs = add_all(s, [req(deadline=40.0) for _ in range(8)])
+    out = s.next_batch(0.0)
+    assert out.batch.requests == rs[:5] and out.batch.batch_bucket == 5 and out.finished == []
+
+
+def test_nexus_early_drop_sliding_window():
+    """b* = 5 as above (SLO 40). Deadlines 12, 25, 26, 27, 28, 29, 30 at now 0:
+    the window of 5 starting at the head needs estimate(5) = 20 > 12 -> the head is
+    dropped (although it could finish alone in 10); the window starting at 25 fits
+    (20 <= 25), so the batch is the next 5."""
+    s = make("nexus", {"a": [10.0] * 100}, g=G25)
+    rs = add_all(
+        s, [req(arrival=d - 40.0, deadline=d) for d in (12.0, 25.0, 26.0, 27.0, 28.0, 29.0, 30.0)]
+    )
+    out = s.next_batch(0.0)
+    assert out.finished == [rs[0]] and rs[0].outcome is Outcome.DROPPED
+    assert out.batch.requests == rs[1:6]
+
+
+# ----------------------------------------------------------------------------
+# clipper
+
+
+def test_clipper_aimd_size_sequence():
+    """initial 1; +1 after an all-on-time batch, x0.9 after a miss:
+    1 -> (on time) 2 -> (on time) 3 -> (late) 2.7 -> (on time) 3.7.
+    Batch sizes follow int(size): 1, 2, 3, 2, 3."""
+    s = make("clipper")
+    cid = s.latency.class_id(M, "a")
+    add_all(s, [req(deadline=100.0) for _ in range(10)])
+    sizes, seq = [], []
+    for finish in (1.0, 2.0, 101.0):  # the third batch ends after the deadline
+        b = s.next_batch(finish - 1.0).batch
+        sizes.append(len(b))
+        s.on_done(b, BatchResult(device_ms=1.0, solo_ms=[1.0] * len(b)), finish)
+        seq.append(s.policy.size[cid])
+    out = s.next_batch(101.0)  # the rest expired meanwhile
+    assert len(out.finished) == 4 and out.batch is None
+    add_all(s, [req(arrival=101.0, deadline=300.0) for _ in range(6)], 101.0)
+    for finish in (102.0, 103.0):
+        b = s.next_batch(finish - 1.0).batch
+        sizes.append(len(b))
+        s.on_done(b, BatchResult(device_ms=1.0, solo_ms=[1.0] * len(b)), finish)
+        seq.append(s.policy.size[cid])
+    assert sizes == [1, 2, 3, 2, 3]
+    np.testing.assert_allclose(seq, [2.0, 3.0, 2.7, 3.7, 4.7])
+
+
+def test_clipper_bounds_and_error_counts_as_miss():
+    """Max batch 2 caps the size at 2; a failed batch backs off; the size never goes
+    below 1 (1 * 0.9 -> 1)."""
+    s = make("clipper", buckets=(1, 2))
+    cid = s.latency.class_id(M, "a")
+    add_all(s, [req(deadline=1e6) for _ in range(20)])
+    for _ in range(3):
+        b = s.next_batch(0.0).batch
+        s.on_done(b, BatchResult(device_ms=1.0, solo_ms=[1.0] * len(b)), 1.0)
+    assert s.policy.size[cid] == 2.0
+    b = s.next_batch(1.0).batch
+    s.on_done(b, BatchResult(device_ms=1.0, solo_ms=[], error="x"), 2.0)
+    assert s.policy.size[cid] == pytest.approx(1.8)
+    for _ in range(10):
+        b = s.next_batch(2.0).batch
+        s.on_done(b, BatchResult(device_ms=1.0, solo_ms=[], error="x"), 3.0)
+    assert s.policy.size[cid] == 1.0
+
+
+# ----------------------------------------------------------------------------
+# fifo, edf
+
+
+def test_fifo_takes_arrival_order_and_never_drops():
+    """Arrivals 0, 1, 2 with deadlines 30, 20, 10, max batch 2: FIFO runs [r0, r1]
+    even at now = 50 when all are past their deadlines."""
+    s = make("fifo", buckets=(1, 2))
+    rs = [req(arrival=float(i), deadline=d) for i, d in enumerate((30.0, 20.0, 10.0))]
+    for r in rs:
+        s.add(r, r.arrival_ms)
+    out = s.next_batch(50.0)
+    assert out.batch.requests == rs[:2] and out.finished == []
+
+
+def test_edf_takes_deadline_order_and_drops_only_expired():
+    """Same requests: EDF runs [r2, r1] (deadlines 10, 20). At now = 15 r2 (deadline
+    10 < 15) is dropped, the batch is [r1, r0]; a request whose deadline equals now is
+    kept, and EDF ignores execution time (a 1000 ms profile does not drop it)."""
+    s = make("edf", buckets=(1, 2))
+    rs = [req(arrival=float(i), deadline=d) for i, d in enumerate((30.0, 20.0, 10.0))]
+    add_all(s, rs, 2.0)
+    assert s.next_batch(2.0).batch.requests == [rs[2], rs[1]]
+    s = make("edf", {"a": [1000.0] * 10}, buckets=(1, 2))
+    rs = [req(arrival=float(i), deadline=d) for i, d in enumerate((30.0, 20.0, 10.0))]
+    add_all(s, rs, 2.0)
+    out = s.next_batch(15.0)
+    assert out.finished == [rs[2]] and rs[2].reason == "deadline_passed"
+    assert out.batch.requests == [rs[1], rs[0]]
+    s = make("edf")
+    r = add_all(s, [req(deadline=7.0)])[0]
+    assert s.next_batch(7.0).batch.requests == [r]
+
+
+# ----------------------------------------------------------------------------
+# orloj
+
+Q4 = [10.0, 20.0, 30.0, 40.0]
+
+
+def test_orloj_drops_when_p_on_time_alone_below_threshold():
+    """Samples {10, 20, 30, 40}, g(1) = 1, warm. Alone from now = 5 a request with
+    slack s is on time with P = F(s): slack 9 -> 0, slack 19.5 -> 0.25, slack 20 -> 0.5.
+    threshold 0.3: the first two are DROPPED (deadline_unmeetable), the third runs."""
+    s = make("orloj", {"a": Q4})
+    rs = add_all(s, [req(deadline=5.0 + x) for x in (9.0, 19.5, 20.0)])
+    out = s.next_batch(5.0)
+    assert out.finished == rs[:2]
+    assert all(r.outcome is Outcome.DROPPED and r.reason == "deadline_unmeetable" for r in rs[:2])
+    assert out.batch.requests == [rs[2]]
+    # P(on time) of the lone survivor: F(20) = 0.5; its expected time 24.5 (module doc)
+    assert out.batch.info["expected_on_time"] == pytest.approx(0.5)
+    assert out.batch.predicted_ms == pytest.approx(24.5)
+
+
+@pytest.mark.parametrize("thr, kept", [(0.2, [1, 2]), (0.25, [1, 2]), (0.5, [2]), (0.0, [0, 1, 2])])
+def test_orloj_drop_threshold_boundaries(thr, kept):
+    """Slacks 9, 10, 20 -> P alone 0, 0.25, 0.5. A request is dropped iff P < thr:
+    thr 0.2 and 0.25 keep the last two (0.25 is not < 0.25), thr 0.5 keeps only the
+    last, thr 0 keeps all (nothing is < 0)."""
+    s = make("orloj", {"a": Q4}, drop_threshold=thr)
+    rs = add_all(s, [req(deadline=x) for x in (9.0, 10.0, 20.0)])
+    out = s.next_batch(0.0)
+    assert sorted(rs.index(r) for r in out.finished) == [i for i in range(3) if i not in kept]
+
+
+def test_orloj_prefers_more_on_time_per_ms():
+    """Tags l (always 40 ms) and s (always 10 ms); l1 has the earliest deadline (50),
+    s1, s2 have 100; g(b) = 1 + 0.1 (b - 1). Expected times: E_s = 9.5, E_l = 39.5
+    (module doc); every member is on time with probability 1 in all candidates
+    (slack / (g du) >= 41 grid steps past 40). Scores = on-time / expected time:
+      (s, s):    2 / (1.1 * 9.5)  = 0.1914   <- best
+      (s):       1 / 9.5          = 0.1053
+      (s, s, l): 3 / (1.2 * 39.5) = 0.0633
+      (s, l):    2 / (1.1 * 39.5) = 0.0460
+      (l):       1 / 39.5         = 0.0253
+    So orloj batches the two short requests and leaves the urgent long one."""
+    for limit in (600, 0):  # exhaustive and greedy agree here
+        s = make("orloj", {"l": [40.0] * 3, "s": [10.0] * 3}, exhaustive_limit=limit)
+        l1 = req("l", deadline=50.0)
+        s1, s2 = req("s", deadline=100.0), req("s", deadline=100.0)
+        add_all(s, [l1, s1, s2])
+        out = s.next_batch(0.0)
+        assert out.batch.requests == [s1, s2] and out.batch.batch_bucket == 2 and out.finished == []
+        assert out.batch.info["score"] == pytest.approx(2 / 10.45, rel=1e-6)
+        assert out.batch.info["expected_on_time"] == pytest.approx(2.0, rel=1e-6)
+        assert out.batch.predicted_ms == pytest.approx(10.45, rel=1e-9)
+
+
+def test_orloj_fills_the_batch_when_every_member_is_on_time():
+    """8 short requests with ample slack: score(n) = n / (9.5 (1 + 0.1 (n - 1))) grows
+    with n, so all 8 run (bucket 8, expected time 9.5 * 1.7 = 16.15)."""
+    s = make("orloj", {"s": [10.0] * 3, "l": [40.0] * 3})
+    rs = add_all(s, [req("s", deadline=100.0) for _ in range(9)])
+    out = s.next_batch(0.0)
+    assert out.batch.requests == rs[:8] and out.batch.predicted_ms == pytest.approx(16.15)
+
+
+def test_orloj_cold_class_runs_alone():
+    """min_samples 3: class c has 2 samples and class z none (both cold); class w is
+    warm. The most urgent cold request (z1, deadline 60) runs alone, flagged
+    cold_class, in the smallest bucket; warm requests wait. Once c and z have 3
+    samples each, normal batching resumes."""
+    s = make("orloj", {"w": Q4, "c": [15.0, 25.0]})
+    w = add_all(s, [req("w", deadline=d) for d in (50.0, 55.0)])
+    c1, z1 = req("c", deadline=80.0), req("z", deadline=60.0)
+    add_all(s, [c1, z1])
+    out = s.next_batch(0.0)
+    assert (
+        out.batch.requests == [z1]
+        and out.batch.info == {"cold_class": True}
+        and out.batch.batch_bucket == 1
+    )
+    s.on_done(out.batch, BatchResult(device_ms=12.0, solo_ms=[12.0]), 12.0)
+    out = s.next_batch(12.0)
+    assert out.batch.requests == [c1]
+    s.on_done(out.batch, BatchResult(device_ms=14.0, solo_ms=[14.0]), 26.0)
+    s.latency.observe(s.latency.class_id(M, "z"), np.array([12.0, 12.0]))
+    out = s.next_batch(26.0)
+    assert "cold_class" not in out.batch.info and set(out.batch.requests) <= set(w)
+
+
+def _single_short(lat_cfg, prep, buckets=(1, 2, 4, 8)):
+    s = make(
+        "orloj", {"l": [40.0] * 3, "s": [10.0] * 3}, buckets=buckets, warm=False, lat_cfg=lat_cfg
+    )
+    prep(s.latency)
+    r = add_all(s, [req("s", deadline=100.0)])[0]
+    out = s.next_batch(0.0)
+    assert out.batch.requests == [r]
+    return out.batch
+
+
+def test_orloj_pads_into_a_warm_bucket_when_compile_breaks_the_deadline():
+    """One short request (E = 9.5, slack 100), buckets (1, 2, 4, 8), only bucket 2 warm,
+    compile prior 500: bucket 1 would take 500 + 9.5 = 509.5 > 100 (late for sure);
+    bucket 2 takes 1.1 * 9.5 = 10.45 -> orloj pads into bucket 2."""
+    b = _single_short(
+        LatencyConfig(grid_points=61, compile_prior_ms=500.0), lambda lat: lat.mark_warm(M, 2)
+    )
+    assert b.batch_bucket == 2 and not b.cold and b.predicted_ms == pytest.approx(10.45)
+
+
+def test_orloj_uses_measured_compile_estimate():
+    """A measured compile of 200 ms on bucket 4 makes bucket 4 warm and the estimate
+    200 for the others: bucket 1: 209.5, 2: 210.45, 4: 1.3 * 9.5 = 12.35 -> bucket 4."""
+    b = _single_short(
+        LatencyConfig(grid_points=61), lambda lat: lat.observe_compile(M, 4, 0, 200.0)
+    )
+    assert b.batch_bucket == 4 and b.predicted_ms == pytest.approx(12.35)
+
+
+def test_orloj_cheap_compile_beats_padding_and_warm_picks_smallest():
+    """Compile prior 0.5: cold bucket 1 costs 0.5 + 9.5 = 10.0 < warm bucket 2's 10.45,
+    so bucket 1 (cold) wins. With everything warm the smallest bucket, 1, at 9.5."""
+    b = _single_short(
+        LatencyConfig(grid_points=61, compile_prior_ms=0.5), lambda lat: lat.mark_warm(M, 2)
+    )
+    assert b.batch_bucket == 1 and b.cold and b.predicted_ms == pytest.approx(10.0)
+    b = _single_short(LatencyConfig(grid_points=61), lambda lat: lat.mark_all_warm(M))
+    assert b.batch_bucket == 1 and not b.cold and b.predicted_ms == pytest.approx(9.5)
+
+
+def test_orloj_batch_pads_to_the_smallest_fitting_warm_bucket():
+    """3 short requests, all warm, buckets (1, 2, 4, 8): the batch of 3 runs in bucket 4
+    at 1.3 * 9.5 = 12.35 ms."""
+    s = make("orloj", {"l": [40.0] * 3, "s": [10.0] * 3}, buckets=(1, 2, 4, 8))
+    add_all(s, [req("s") for _ in range(3)])
+    b = s.next_batch(0.0).batch
+    assert len(b) == 3 and b.batch_bucket == 4 and b.predicted_ms == pytest.approx(12.35)
+
+
+def test_orloj_exhaustive_and_greedy_paths_are_taken(monkeypatch):
+    """3 classes, max batch 8: C(8 + 3, 3) - 1 = 164 count vectors <= 600 -> exhaustive
+    (no greedy call); exhaustive_limit 0 forces the greedy search."""
+    calls = []
+    real = orloj_mod._greedy
+
+    def spy(grp, max_b):
+        calls.append(max_b)
+        return real(grp, max_b)
+
+    monkeypatch.setattr(orloj_mod, "_greedy", spy)
+    for limit, expect in ((600, []), (0, [8])):
+        calls.clear()
+        s = make("orloj", {"l": [40.0] * 3, "s": [10.0] * 3, "a": Q4}, exhaustive_limit=limit)
+        add_all(s, [req(t, deadline=100.0) for t in ("l", "s", "a", "s")])
+        assert s.next_batch(0.0).batch is not None
+        assert calls == expect
+    assert orloj_mod.count_vectors(3, 8).shape == (164, 3)
+
+
+def _random_orloj_case(rng, s_opts):
+    """Three tags with lognormal profiles; up to 6 queued per tag; random slacks."""
+    classes = {
+        t: list(rng.lognormal(math.log(m), 0.4, 12))
+        for t, m in (("a", 10.0), ("b", 25.0), ("c", 50.0))
+    }
+    s = make("orloj", classes, lat_cfg=LatencyConfig(grid_points=128), **s_opts)
+    reqs = []
+    for t in classes:
+        for _ in range(int(rng.integers(1, 7))):
+            true = float(rng.choice(classes[t]))
+            reqs.append(req(t, deadline=float(rng.uniform(5.0, 150.0)), true_ms=true))
+    add_all(s, reqs)
+    return s, reqs
+
+
+def test_greedy_never_beats_exhaustive():
+    """The greedy candidates are a subset of all count vectors scored by the same
+    function, so on 40 seeded random queues greedy's best score <= exhaustive's
+    (relative 1e-6 for float32 matrix products)."""
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        s, _ = _random_orloj_case(rng, {})
+        greedy = make_policy("orloj", exhaustive_limit=0)
+        greedy.bind(s.models, s.latency)
+        ex = s.policy.select(s.queue, 0.0)
+        gr = greedy.select(s.queue, 0.0)
+        assert [r.id for r, _, _ in ex.drops] == [r.id for r, _, _ in gr.drops]
+        se, sg = ex.info.get("score", 0.0), gr.info.get("score", 0.0)
+        assert 0 < sg <= se * (1 + 1e-6)
+
+
+def test_orloj_config_validation():
+    with pytest.raises(ValueError):
+        make_policy("orloj", drop_threshold=1.0)
+    with pytest.raises(ValueError):
+        make_policy("orloj", exhaustive_limit=-1)
+
+
+# ----------------------------------------------------------------------------
+# oracle
+
+
+def test_oracle_requires_true_times():
+    s = make("oracle", {"a": Q4})
+    add_all(s, [req()])
+    with pytest.raises(ValueError, match="true time"):
+        s.next_batch(0.0)
+
+
+def test_oracle_drops_exactly_the_requests_that_cannot_finish_alone():
+    """All warm, g(1) = 1, now 0. Alone, a request finishes at its true time:
+    true 10 / deadline 9.99 -> dropped; true 10 / deadline 10 -> kept; true 30 /
+    deadline 25 -> dropped; true 5 / deadline 100 -> kept. Of the survivors the best
+    (slowest member, bucket) is the 5 ms request alone: 1 on time / 5 ms = 0.2 (with
+    the 10 ms one as slowest, bucket 1 scores 1/10 and bucket 2 at 11 ms makes it late)."""
+    s = make("oracle", {"a": Q4})
+    rs = [
+        req(deadline=9.99, true_ms=10.0),
+        req(deadline=10.0, true_ms=10.0),
+        req(deadline=25.0, true_ms=30.0),
+        req(deadline=100.0, true_ms=5.0),
+    ]
+    add_all(s, rs)
+    out = s.next_batch(0.0)
+    assert set(out.finished) == {rs[0], rs[2]} and all(
+        r.reason == "deadline_unmeetable" for r in out.finished
+    )
+    assert out.batch.requests == [rs[3]] and out.batch.info["score"] == pytest.approx(0.2)
+
+
+def _exact_score(s: Scheduler, decision, now: float) -> float:
+    """On-time members / exact device time of a decision (0 without a batch)."""
+    if not decision.batch:
+        return 0.0
+    lat = s.latency
+    t = lat.compile_cost(M, decision.batch_bucket, decision.shape_bucket) + lat.g(
+        M, decision.batch_bucket
+    ) * max(r.true_ms for r in decision.batch)
+    return sum(r.deadline_ms >= now + t for r in decision.batch) / t
+
+
+def test_oracle_score_at_least_orlojs_with_exact_times():
+    """On 40 seeded random queues (all warm), the oracle's chosen batch scores (on time
+    / exact time) at least as much as orloj's choice evaluated with the exact times:
+    the oracle maximises that score over a pool containing orloj's candidates. Its own
+    reported score equals its exact evaluation."""
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        s, _ = _random_orloj_case(rng, {})
+        oracle = make_policy("oracle")
+        oracle.bind(s.models, s.latency)
+        od = oracle.select(s.queue, 0.0)
+        ld = s.policy.select(s.queue, 0.0)
+        so = _exact_score(s, od, 0.0)
+        assert so == pytest.approx(od.info.get("score", 0.0), rel=1e-12)
+        assert so >= _exact_score(s, ld, 0.0) - 1e-12
+
+
+def test_oracle_runs_the_bucket_it_scored():
+    """Buckets (1, 2), only 2 warm, compile 500: a 10 ms request with deadline 20 is on
+    time only in bucket 2 (1.1 * 10 = 11 ms; bucket 1 costs 510). The oracle scores
+    bucket 2 (1/11) and must run bucket 2."""
+    s = make(
+        "oracle",
+        {"a": Q4},
+        buckets=(1, 2),
+        warm=False,
+        lat_cfg=LatencyConfig(compile_prior_ms=500.0),
+    )
+    s.latency.mark_warm(M, 2)
+    r = add_all(s, [req(deadline=20.0, true_ms=10.0)])[0]
+    b = s.next_batch(0.0).batch
+    assert b.requests == [r] and b.info["score"] == pytest.approx(1 / 11)
+    assert b.batch_bucket == 2 and not b.cold and b.predicted_ms == pytest.approx(11.0)
+
+
+# ----------------------------------------------------------------------------
+# registry
+
+
+def test_registry_names_and_errors():
+    assert policy_names() == [
+        "clipper",
+        "clockwork",
+        "edf",
+        "fifo",
+        "nexus",
+        "oracle",
+        "orloj",
+        "static",
+    ]
+    with pytest.raises(ValueError, match="unknown policy 'nope'; known: clipper, clockwork"):
+        make_policy("nope")
+    with pytest.raises(
+        ValueError,
+        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit'\]",
+    ):
+        make_policy("orloj", bogus=1)
+    p = make_policy("static", config=StaticConfig(max_batch_size=4), max_queue_delay_us=5.0)
+    assert (p.config.max_batch_size, p.config.max_queue_delay_us) == (4, 5.0)
+    assert make_policy("orloj").describe() == {
+        "policy": "orloj",
+        "drop_threshold": 0.3,
+        "exhaustive_limit": 600,
+    }
