@@ -390,8 +390,8 @@ Q4 = [10.0, 20.0, 30.0, 40.0]
 def test_orloj_drops_when_p_on_time_alone_below_threshold():
     """Samples {10, 20, 30, 40}, g(1) = 1, warm. Alone from now = 5 a request with
     slack s is on time with P = F(s): slack 9 -> 0, slack 19.5 -> 0.25, slack 20 -> 0.5.
-    threshold 0.3: the first two are DROPPED (deadline_unmeetable), the third runs."""
-    s = make("orloj", {"a": Q4})
+    threshold 0.3 (set explicitly; the default is 0.7): the first two are DROPPED (deadline_unmeetable), the third runs."""
+    s = make("orloj", {"a": Q4}, drop_threshold=0.3)
     rs = add_all(s, [req(deadline=5.0 + x) for x in (9.0, 19.5, 20.0)])
     out = s.next_batch(5.0)
     assert out.finished == rs[:2]
@@ -449,8 +449,8 @@ def test_orloj_cold_class_runs_alone():
     """min_samples 3: class c has 2 samples and class z none (both cold); class w is
     warm. The most urgent cold request (z1, deadline 60) runs alone, flagged
     cold_class, in the smallest bucket; warm requests wait. Once c and z have 3
-    samples each, normal batching resumes."""
-    s = make("orloj", {"w": Q4, "c": [15.0, 25.0]})
+    samples each, normal batching resumes (drop threshold 0.3 keeps w1, w2)."""
+    s = make("orloj", {"w": Q4, "c": [15.0, 25.0]}, drop_threshold=0.3)
     w = add_all(s, [req("w", deadline=d) for d in (50.0, 55.0)])
     c1, z1 = req("c", deadline=80.0), req("z", deadline=60.0)
     add_all(s, [c1, z1])
@@ -682,6 +682,6 @@ def test_registry_names_and_errors():
     assert (p.config.max_batch_size, p.config.max_queue_delay_us) == (4, 5.0)
     assert make_policy("orloj").describe() == {
         "policy": "orloj",
-        "drop_threshold": 0.3,
+        "drop_threshold": 0.7,
         "exhaustive_limit": 600,
     }
