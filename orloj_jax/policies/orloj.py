@@ -81,6 +81,31 @@ class _Group:
     buckets: np.ndarray  # [nb]
     comp: np.ndarray  # [nb] compile cost per bucket (0 when warm)
     gb: np.ndarray  # [nb] g per bucket
+    now: float = 0.0
+
+    def member_probs(self, counts: np.ndarray, bi: int) -> np.ndarray:
+        """P(on time) of each member j < counts[c] of the batch `counts` at bucket index bi: [C, J]."""
+        k = self.logF.shape[1]
+        fmax = np.exp(counts.astype(np.float32) @ self.logF)  # [K]
+        u = (self.slack - self.comp[bi]) / (self.gb[bi] * self.du)  # [C, J]
+        valid = (u >= 0) & (np.arange(self.slack.shape[1])[None, :] < counts[:, None])
+        idx = np.minimum(np.where(valid, u, 0), k - 1).astype(np.int64)
+        return fmax[idx] * valid
+
+    def skip(self, skip: np.ndarray) -> _Group | None:
+        """The same group without the first skip[c] survivors of each class."""
+        keep = [c for c, lst in enumerate(self.lists) if len(lst) > skip[c]]
+        if not keep:
+            return None
+        lists = [self.lists[c][skip[c] :] for c in keep]
+        j = self.slack.shape[1]
+        slack = np.full((len(keep), j), -np.inf)
+        lens = np.zeros(len(keep), dtype=np.int64)
+        for row, lst in enumerate(lists):
+            head = lst[:j]
+            lens[row] = len(head)
+            slack[row, : len(head)] = [r.deadline_ms - self.now for r in head]
+        return _Group(self.model, self.shape, lists, self.logF[keep], self.du, slack, lens, self.buckets, self.comp, self.gb, self.now)
 
     def evaluate(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Score count vectors [V, C] -> (score, expected on-time, expected time, bucket index)."""
@@ -140,6 +165,7 @@ class Orloj(Policy):
             # answer the survivors now rather than leave them queued forever.
             drops.extend((r, Outcome.DROPPED, "deadline_unmeetable") for lst in grp.lists for r in lst)
             return None
+        grp, found = self._skip_riders(grp, found)
         counts, score, ontime, t, bi = found
         batch = [r for lst, n in zip(grp.lists, counts, strict=True) for r in lst[:n]]
         batch.sort(key=lambda r: r.deadline_ms)
@@ -186,7 +212,36 @@ class Orloj(Policy):
             head = lst[:jmax]
             lens[row] = len(head)
             slack[row, : len(head)] = [r.deadline_ms - now for r in head]
-        return _Group(model, shape, lists, logF[keep], du, slack, lens, buckets, comp, gb), None
+        return _Group(model, shape, lists, logF[keep], du, slack, lens, buckets, comp, gb, now), None
+
+    def _skip_riders(self, grp: _Group, found):
+        """Don't let members with P(on time in this batch) < drop_threshold ride along.
+
+        Candidates take each class's most urgent survivors, so a batch that is
+        best for the others can carry an urgent head that it will make late
+        (device time spent for nothing). Such leading members are skipped for
+        this decision (they stay queued: served alone later, or dropped once
+        hopeless, as Nexus's sliding-window early drop does) and the search
+        runs again on the rest.
+        """
+        thr = self.config.drop_threshold
+        for _ in range(self.MAX_SKIP_ROUNDS):
+            counts, _, _, _, bi = found
+            p = grp.member_probs(counts, bi)  # [C, J]
+            skip = np.zeros(len(grp.lists), dtype=np.int64)
+            for c, n in enumerate(counts):
+                while skip[c] < n and p[c, skip[c]] < thr:
+                    skip[c] += 1
+            if not skip.any():
+                break
+            sub = grp.skip(skip)
+            again = self._search(sub) if sub is not None else None
+            if again is None:
+                break
+            grp, found = sub, again
+        return grp, found
+
+    MAX_SKIP_ROUNDS = 2
 
     def _search(self, grp: _Group):
         """Best count vector and its (score, expected on-time, expected time, bucket index)."""
