@@ -1,4 +1,9 @@
-"""`orloj`: the command line. Subcommands: bench (more land with the engine and server)."""
+"""`orloj`: the command line.
+
+    orloj bench ...            benchmark policies (sim mode today)
+    orloj train digits ...     train digits-ee / digits-static into the model cache
+    orloj prepare [--models]   fill the model cache (convert minilm, train digits)
+"""
 
 from __future__ import annotations
 
@@ -119,15 +124,42 @@ def _bench(a) -> int:
     return 0
 
 
+def _add_models(sub) -> None:
+    t = sub.add_parser("train", help="train a zoo model (digits)", add_help=False)
+    t.add_argument("what", choices=["digits"])
+    p = sub.add_parser("prepare", help="fill the model cache with the zoo's checkpoints")
+    p.add_argument("--models", default="minilm,digits-ee,digits-static")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--force", action="store_true")
+
+
+def _prepare(a) -> int:
+    from models import prepare
+
+    for name, path in prepare([m.strip() for m in a.models.split(",") if m.strip()], a.cache_dir, force=a.force).items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["train", "digits"]:
+        from models.train_digits import main as train_digits
+
+        return train_digits(argv[2:])
     parser = argparse.ArgumentParser(prog="orloj", description="orloj-jax: serve dynamic DNNs predictably")
     sub = parser.add_subparsers(dest="cmd", required=True)
     _add_bench(sub)
-    a = parser.parse_args(argv)
+    _add_models(sub)
+    a, rest = parser.parse_known_args(argv)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if a.cmd == "bench":
             return _bench(a)
-    except ValueError as e:
+        if a.cmd == "prepare":
+            return _prepare(a)
+    except (ValueError, KeyError) as e:
         print(f"orloj {a.cmd}: {e}", file=sys.stderr)
         return 2
     return 1

@@ -73,6 +73,7 @@ class Request:
     start_ms: float | None = None
     finish_ms: float | None = None
     exit_index: int | None = None
+    output: Any = None
 
     @property
     def slo_ms(self) -> float:

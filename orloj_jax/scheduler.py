@@ -105,6 +105,7 @@ class BatchResult:
     compile_ms: float = 0.0
     finish_ms: Sequence[float] | None = None  # per member, when answered early (early exit)
     exit_index: Sequence[int] | None = None
+    outputs: Sequence | None = None  # per member, handed back to the caller on the request
     error: str | None = None
 
 
@@ -274,6 +275,8 @@ class Scheduler:
             t = now if result.finish_ms is None else result.finish_ms[i]
             if result.exit_index is not None:
                 r.exit_index = int(result.exit_index[i])
+            if result.outputs is not None:
+                r.output = result.outputs[i]
             r.finish(Outcome.ON_TIME if t <= r.deadline_ms else Outcome.LATE, t)
         self._learn(batch, result, solo)
         self.policy.on_done(batch, result, now)

@@ -1,0 +1,190 @@
+"""Live engine: futures, executor errors, shutdown, crash handling (EmulatedExecutor)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import wait
+
+import numpy as np
+import pytest
+
+from orloj_jax.engine import Engine, EngineClosed
+from orloj_jax.executor import EmulatedExecutor, Executor
+from orloj_jax.latency import LatencyModel
+from orloj_jax.policies import make_policy
+from orloj_jax.policies.base import Decision, Policy
+from orloj_jax.request import Outcome, Request
+from orloj_jax.scheduler import BatchResult, ModelSpec, Scheduler
+
+M = "m"
+
+
+class FakeClock:
+    """Milliseconds that only move when the fake sleep says so."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self.lock:
+            return self.t
+
+    def sleep(self, seconds: float) -> None:
+        with self.lock:
+            self.t += seconds * 1000.0
+
+
+def g(b: int) -> float:
+    return 1.0 + 0.5 * (b - 1)
+
+
+def make_engine(policy: str = "fifo", clock: FakeClock | None = None, executor: Executor | None = None, **opts):
+    clock = clock or FakeClock()
+    lat = LatencyModel()
+    lat.seed(M, "a", np.array([10.0, 10.0, 10.0]))
+    lat.mark_all_warm(M)
+    sched = Scheduler(make_policy(policy, **opts), [ModelSpec(M, (1, 2, 4))], lat)
+    ex = executor or EmulatedExecutor(g, clock=clock, sleep=clock.sleep)
+    return Engine(sched, ex, clock=clock), clock
+
+
+def req(true_ms: float, deadline: float, tag: str = "a", arrival: float = 0.0) -> Request:
+    return Request(M, tag, arrival, deadline, true_ms=true_ms)
+
+
+def test_batch_answered_with_emulated_times():
+    """fifo, buckets (1, 2, 4), g(b) = 1 + 0.5 (b - 1). Three requests (10, 20, 30 ms)
+    queued before start run as one batch padded to bucket 4: time g(4) * 30 = 75 ms,
+    so all finish at t = 75: deadlines 80 and 100 are met, 70 is late."""
+    eng, clock = make_engine()
+    rs = [req(10, 80), req(20, 100), req(30, 70)]
+    futs = [eng.submit(r) for r in rs]
+    with eng:
+        done = [f.result(timeout=5) for f in futs]
+    assert done == rs
+    assert [r.outcome for r in rs] == [Outcome.ON_TIME, Outcome.ON_TIME, Outcome.LATE]
+    assert all(r.finish_ms == pytest.approx(75.0) for r in rs)
+    assert eng.batches_run == 1
+    # the latency model learned the batch ratio 75 / 30 = g(4) = 2.5
+    assert eng.scheduler.latency.g(M, 4) == pytest.approx(2.5)
+
+
+class Flaky(Executor):
+    """Raises on any batch containing tag 'bad', else runs 5 ms per batch."""
+
+    def run(self, batch):
+        if any(r.tag == "bad" for r in batch.requests):
+            raise RuntimeError("device fault")
+        return BatchResult(device_ms=5.0, solo_ms=[5.0] * len(batch))
+
+
+def test_executor_error_fails_only_that_batch():
+    """edf with max batch 1 (bucket list (1,)): the 'bad' request's batch raises, its
+    request ends FAILED with the error text; the next request is served normally."""
+    clock = FakeClock()
+    lat = LatencyModel()
+    lat.mark_all_warm(M)
+    sched = Scheduler(make_policy("edf"), [ModelSpec(M, (1,))], lat)
+    eng = Engine(sched, Flaky(), clock=clock)
+    bad, good = req(5, 10, tag="bad"), req(5, 1000, tag="ok")
+    fb, fg = eng.submit(bad), eng.submit(good)
+    with eng:
+        wait([fb, fg], timeout=5)
+    assert bad.outcome is Outcome.FAILED and "device fault" in bad.reason
+    assert good.outcome is Outcome.ON_TIME
+    assert eng.failed_batches == 1 and eng.batches_run == 1 and eng.alive is False
+
+
+def test_submit_after_shutdown_raises_and_drain_serves_queue():
+    eng, _ = make_engine()
+    rs = [req(10, 1e9) for _ in range(7)]
+    futs = [eng.submit(r) for r in rs]
+    eng.start()
+    eng.shutdown(drain=True, timeout=5)
+    assert all(f.done() for f in futs) and all(r.outcome is Outcome.ON_TIME for r in rs)
+    with pytest.raises(EngineClosed):
+        eng.submit(req(1, 10))
+
+
+def test_shutdown_without_drain_cancels_queued():
+    """Not started: nothing runs; shutdown(drain=False) answers every queued request CANCELLED."""
+    eng, _ = make_engine()
+    futs = [eng.submit(req(10, 100)) for _ in range(3)]
+    eng.shutdown(drain=False, timeout=1)
+    assert [f.result(timeout=1).outcome for f in futs] == [Outcome.CANCELLED] * 3
+
+
+def test_cancel_queued_request():
+    eng, _ = make_engine()
+    r1, r2 = req(10, 100), req(10, 100)
+    f1, f2 = eng.submit(r1), eng.submit(r2)
+    assert eng.cancel(r1) is True and f1.result(timeout=1).outcome is Outcome.CANCELLED
+    assert eng.cancel(r1) is False
+    with eng:
+        assert f2.result(timeout=5).outcome is Outcome.ON_TIME
+
+
+class Broken(Policy):
+    from orloj_jax.policies.classic import NoConfig as Config
+
+    def select(self, queue, now) -> Decision:
+        raise ZeroDivisionError("policy bug")
+
+
+def test_loop_crash_fails_waiting_futures_loudly():
+    clock = FakeClock()
+    lat = LatencyModel()
+    sched = Scheduler(Broken(), [ModelSpec(M, (1,))], lat)
+    eng = Engine(sched, EmulatedExecutor(g, clock=clock, sleep=clock.sleep), clock=clock)
+    fut = eng.submit(req(1, 10))
+    eng.start()
+    with pytest.raises(RuntimeError, match="engine crashed"):
+        fut.result(timeout=5)
+    with pytest.raises(EngineClosed, match="died"):
+        eng.submit(req(1, 10))
+    eng.shutdown(timeout=1)
+
+
+def test_queue_full_rejected_future_resolves_at_once():
+    clock = FakeClock()
+    lat = LatencyModel()
+    lat.mark_all_warm(M)
+    from orloj_jax.scheduler import SchedulerConfig
+
+    sched = Scheduler(make_policy("fifo"), [ModelSpec(M, (1,))], lat, SchedulerConfig(max_queue=1))
+    eng = Engine(sched, EmulatedExecutor(g, clock=clock, sleep=clock.sleep), clock=clock)
+    eng.submit(req(1, 10))
+    r = req(1, 10)
+    assert eng.submit(r).result(timeout=1).outcome is Outcome.REJECTED
+    eng.shutdown(drain=False, timeout=1)
+
+
+def test_real_threads_every_request_answered_once():
+    """Real clock and sleeps (tiny: 0.2-0.6 ms per request), orloj, two submitting
+    threads x 40 requests: every future resolves exactly once with a terminal outcome."""
+    lat = LatencyModel()
+    lat.seed(M, "a", np.array([0.2, 0.4, 0.6]))
+    lat.mark_all_warm(M)
+    sched = Scheduler(make_policy("orloj"), [ModelSpec(M, (1, 2, 4, 8))], lat)
+    eng = Engine(sched, EmulatedExecutor(g)).start()
+    rng = np.random.default_rng(0)
+    futs, lock = [], threading.Lock()
+
+    def client(n: int) -> None:
+        for _ in range(n):
+            now = eng.now()
+            f = eng.submit(Request(M, "a", now, now + 50.0, true_ms=float(rng.choice([0.2, 0.4, 0.6]))))
+            with lock:
+                futs.append(f)
+
+    ts = [threading.Thread(target=client, args=(40,)) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    done, not_done = wait(futs, timeout=10)
+    eng.shutdown(timeout=5)
+    assert not not_done and len(done) == 80
+    reqs = [f.result() for f in futs]
+    assert len({r.id for r in reqs}) == 80 and all(r.outcome is not None for r in reqs)
