@@ -82,15 +82,12 @@ class _Group:
     comp: np.ndarray  # [nb] compile cost per bucket (0 when warm)
     gb: np.ndarray  # [nb] g per bucket
     now: float = 0.0
+    last_p: tuple = ()
+    best_p: np.ndarray | None = None
 
-    def member_probs(self, counts: np.ndarray, bi: int) -> np.ndarray:
-        """P(on time) of each member j < counts[c] of the batch `counts` at bucket index bi: [C, J]."""
-        k = self.logF.shape[1]
-        fmax = np.exp(counts.astype(np.float32) @ self.logF)  # [K]
-        u = (self.slack - self.comp[bi]) / (self.gb[bi] * self.du)  # [C, J]
-        valid = (u >= 0) & (np.arange(self.slack.shape[1])[None, :] < counts[:, None])
-        idx = np.minimum(np.where(valid, u, 0), k - 1).astype(np.int64)
-        return fmax[idx] * valid
+    @property
+    def slack32(self) -> np.ndarray:
+        return self.slack.astype(np.float32)
 
     def skip(self, skip: np.ndarray) -> _Group | None:
         """The same group without the first skip[c] survivors of each class."""
@@ -113,19 +110,28 @@ class _Group:
         k = self.logF.shape[1]
         b = counts.sum(1)
         fmax = np.exp(counts.astype(np.float32) @ self.logF)  # [V, K]  CDF of the max member
-        emax = self.du * ((k - 1) - fmax.sum(1, dtype=np.float64) + 0.5 * (fmax[:, 0] + fmax[:, -1]))
-        t_opt = self.comp[None, :] + self.gb[None, :] * emax[:, None]  # [V, nb]
-        t_opt[self.buckets[None, :] < b[:, None]] = np.inf
-        bi = t_opt.argmin(1)
-        t = t_opt[np.arange(v), bi]
-        scale = 1.0 / (self.gb[bi] * self.du)
-        u = (self.slack[None, :, :] - self.comp[bi][:, None, None]) * scale[:, None, None]  # [V, C, J]
-        j = np.arange(self.slack.shape[1])
-        valid = (u >= 0) & (j[None, None, :] < counts[:, :, None])
-        idx = np.minimum(np.where(valid, u, 0), k - 1).astype(np.int64).reshape(v, -1)
-        idx += (np.arange(v) * k)[:, None]
-        p = fmax.ravel()[idx].reshape(v, c, -1) * valid  # P(member on time)
-        ontime = p.sum((1, 2), dtype=np.float64)
+        # E[max] = integral of (1 - F) over the grid (trapezoid rule).
+        emax = self.du * ((k - 1) - fmax.sum(1) + 0.5 * (fmax[:, 0] + fmax[:, -1]))
+        if not self.comp.any():
+            bi = np.searchsorted(self.buckets, b)  # all warm: the smallest bucket that fits
+            t = self.gb[bi] * emax
+            shift = None
+        else:
+            t_opt = self.comp[None, :] + self.gb[None, :] * emax[:, None]  # [V, nb]
+            t_opt[self.buckets[None, :] < b[:, None]] = np.inf
+            bi = t_opt.argmin(1)
+            t = t_opt[np.arange(v), bi]
+            shift = self.comp[bi][:, None, None]
+        scale = (1.0 / (self.gb[bi] * self.du)).astype(np.float32)[:, None, None]
+        slack = self.slack32[None, :, :]
+        u = (slack if shift is None else slack - shift) * scale  # [V, C, J] in grid steps
+        # -inf slack pads and negative slack clip to 0, where F == 0 or the row is masked.
+        idx = np.clip(u, 0, k - 1).astype(np.int32).reshape(v, -1)
+        idx += (np.arange(v, dtype=np.int32) * k)[:, None]
+        member = np.arange(self.slack.shape[1])[None, None, :] < counts[:, :, None]  # [V, C, J]
+        p = fmax.ravel()[idx].reshape(v, c, -1)
+        ontime = np.einsum("vcj,vcj->v", p, member, dtype=np.float64)
+        self.last_p = (p, member)  # per-member P of every candidate, for the rider check
         return ontime / t, ontime, t, bi
 
 
@@ -181,18 +187,23 @@ class Orloj(Policy):
         comp = lat.avoidable_compile_costs(model, buckets, shape)
         du, logF = lat.table(model, cids)
         logF = logF.astype(np.float32)
-        log_thr = math.log(self.config.drop_threshold) if self.config.drop_threshold > 0 else -math.inf
+        jmax = spec.max_batch
+        # Per class, the slack below which even a lone run has P(on time) < threshold:
+        # the first grid step where F reaches the threshold, at the best bucket.
+        if self.config.drop_threshold > 0:
+            kstar = (logF >= math.log(self.config.drop_threshold)).argmax(1)
+        else:
+            kstar = np.zeros(len(cids), dtype=np.int64)
+        smin = (comp[None, :] + gb[None, :] * (kstar[:, None] * du)).min(1)
         classes = queue.classes(model)
         keep, lists, cold_head = [], [], None
         for i, cid in enumerate(cids):
             lst = classes[cid]
-            # Slack below which even a lone run has P(on time) < threshold.
-            kstar = int(np.argmax(logF[i] >= log_thr)) if log_thr > -math.inf else 0
-            smin = float(np.min(comp + gb * (kstar * du)))
-            ndrop = _count_below(lst, now + smin)
+            ndrop = _count_below(lst, now + float(smin[i]))
             if ndrop:
                 drops.extend((r, Outcome.DROPPED, "deadline_unmeetable") for r in lst[:ndrop])
-            survivors = lst[ndrop:]
+            # A window is enough: a batch takes <= jmax per class, after <= 2 skip rounds.
+            survivors = lst[ndrop : ndrop + (self.MAX_SKIP_ROUNDS + 1) * jmax]
             if not survivors:
                 continue
             if lat.is_cold(cid):
@@ -205,7 +216,6 @@ class Orloj(Policy):
             return _Group(model, shape, [], logF, du, np.zeros((0, 0)), np.zeros(0), buckets, comp, gb), cold_head
         if not keep:
             return None, None
-        jmax = spec.max_batch
         slack = np.full((len(keep), jmax), -np.inf)
         lens = np.zeros(len(keep), dtype=np.int64)
         for row, lst in enumerate(lists):
@@ -226,8 +236,8 @@ class Orloj(Policy):
         """
         thr = self.config.drop_threshold
         for _ in range(self.MAX_SKIP_ROUNDS):
-            counts, _, _, _, bi = found
-            p = grp.member_probs(counts, bi)  # [C, J]
+            counts = found[0]
+            p = grp.best_p  # [C, J]
             skip = np.zeros(len(grp.lists), dtype=np.int64)
             for c, n in enumerate(counts):
                 while skip[c] < n and p[c, skip[c]] < thr:
@@ -256,6 +266,8 @@ class Orloj(Policy):
         i = int(np.argmax(score))
         if score[i] <= 0:
             return None
+        p, member = grp.last_p
+        grp.best_p = p[i] * member[i]  # [C, J] P(on time) of the chosen batch's members
         return cand[i], float(score[i]), float(ontime[i]), float(t[i]), int(bi[i])
 
 
