@@ -75,6 +75,26 @@ def summarize(reports: list[dict], ks: list[float]) -> str:
     return "\n".join(out)
 
 
+def per_workload(reports: list[dict], ks: list[float]) -> str:
+    """Per workload: orloj / best classic and orloj / oracle at each k (mean over seeds)."""
+    by: dict[str, dict[tuple[str, float], list[float]]] = {}
+    for rep in reports:
+        d = by.setdefault(rep["workload"], {})
+        for x in rep["results"]:
+            d.setdefault((x["policy"], x["slo_k"]), []).append(x["finish_rate"])
+    out = ["\n### per workload: orloj / best of (static, clockwork, nexus, clipper), orloj / oracle\n"]
+    out.append("| workload | " + " | ".join(f"k={k:g}" for k in ks) + " |")
+    out.append("|---|" + "---|" * len(ks))
+    for name, d in by.items():
+        m = {key: float(np.mean(v)) for key, v in d.items()}
+        cells = []
+        for k in ks:
+            best = max(m[(p, k)] for p in CLASSIC)
+            cells.append(f"{m[('orloj', k)] / max(best, 1e-9):.2f} / {m[('orloj', k)] / max(m[('oracle', k)], 1e-9):.2f}")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.acceptance")
     ap.add_argument("--requests", type=int, default=5000)
@@ -94,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         reports = list(ex.map(_one, jobs))
     print(f"load {a.load}, {a.arrival} arrivals, max batch 8, {a.requests} requests, seeds {seeds} (finish rate, mean over workloads and seeds)")
     print(summarize(reports, ks))
+    print(per_workload(reports, ks))
     if a.out:
         a.out.write_text(json.dumps(reports, indent=1))
     return 0

@@ -558,11 +558,15 @@ def _random_orloj_case(rng, s_opts):
 def test_greedy_never_beats_exhaustive():
     """The greedy candidates are a subset of all count vectors scored by the same
     function, so on 40 seeded random queues greedy's best score <= exhaustive's
-    (relative 1e-6 for float32 matrix products)."""
+    (relative 1e-6 for float32 matrix products). The rider check (a second search
+    after skipping low-odds heads) is turned off: it post-processes either result,
+    so it can move the two apart in either direction."""
     rng = np.random.default_rng(7)
     for _ in range(40):
         s, _ = _random_orloj_case(rng, {})
+        s.policy.MAX_SKIP_ROUNDS = 0
         greedy = make_policy("orloj", exhaustive_limit=0)
+        greedy.MAX_SKIP_ROUNDS = 0
         greedy.bind(s.models, s.latency)
         ex = s.policy.select(s.queue, 0.0)
         gr = greedy.select(s.queue, 0.0)

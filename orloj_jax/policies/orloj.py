@@ -28,12 +28,13 @@ seeded with its own measurements.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import combinations
 
 import numpy as np
 
+from ..latency import LOG_ZERO
 from ..request import Outcome, Request
 from .base import Decision, Policy, register
 
@@ -82,12 +83,23 @@ class _Group:
     comp: np.ndarray  # [nb] compile cost per bucket (0 when warm)
     gb: np.ndarray  # [nb] g per bucket
     now: float = 0.0
+    dists: list = field(default_factory=list)  # EmpiricalDist per class
     last_p: tuple = ()
     best_p: np.ndarray | None = None
+    _logfex: np.ndarray | None = None
 
-    @property
-    def slack32(self) -> np.ndarray:
-        return self.slack.astype(np.float32)
+    def log_cdf_at_members(self) -> np.ndarray:
+        """log F_c'(u) at every member's on-time limit u = (slack - compile_B) / g_B, exactly.
+
+        [C', nb, C, J]: the limit depends only on (bucket, member), so the exact
+        empirical CDFs are evaluated once per decision (one searchsorted per class)
+        instead of reading the coarse grid, which misjudges steep distributions.
+        """
+        if self._logfex is None:
+            u = (self.slack[None, :, :] - self.comp[:, None, None]) / self.gb[:, None, None]  # [nb, C, J]
+            with np.errstate(divide="ignore"):
+                self._logfex = np.stack([np.maximum(np.log(d.cdf(u)), LOG_ZERO) for d in self.dists]).astype(np.float32)
+        return self._logfex
 
     def skip(self, skip: np.ndarray) -> _Group | None:
         """The same group without the first skip[c] survivors of each class."""
@@ -102,7 +114,7 @@ class _Group:
             head = lst[:j]
             lens[row] = len(head)
             slack[row, : len(head)] = [r.deadline_ms - self.now for r in head]
-        return _Group(self.model, self.shape, lists, self.logF[keep], self.du, slack, lens, self.buckets, self.comp, self.gb, self.now)
+        return _Group(self.model, self.shape, lists, self.logF[keep], self.du, slack, lens, self.buckets, self.comp, self.gb, self.now, dists=[self.dists[c] for c in keep])
 
     def evaluate(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Score count vectors [V, C] -> (score, expected on-time, expected time, bucket index)."""
@@ -115,21 +127,15 @@ class _Group:
         if not self.comp.any():
             bi = np.searchsorted(self.buckets, b)  # all warm: the smallest bucket that fits
             t = self.gb[bi] * emax
-            shift = None
         else:
             t_opt = self.comp[None, :] + self.gb[None, :] * emax[:, None]  # [V, nb]
             t_opt[self.buckets[None, :] < b[:, None]] = np.inf
             bi = t_opt.argmin(1)
             t = t_opt[np.arange(v), bi]
-            shift = self.comp[bi][:, None, None]
-        scale = (1.0 / (self.gb[bi] * self.du)).astype(np.float32)[:, None, None]
-        slack = self.slack32[None, :, :]
-        u = (slack if shift is None else slack - shift) * scale  # [V, C, J] in grid steps
-        # -inf slack pads and negative slack clip to 0, where F == 0 or the row is masked.
-        idx = np.clip(u, 0, k - 1).astype(np.int32).reshape(v, -1)
-        idx += (np.arange(v, dtype=np.int32) * k)[:, None]
+        # P(member on time) = prod_c' F_c'(u_member)^n_c', with exact CDFs at each member's limit.
+        lf = self.log_cdf_at_members()[:, bi]  # [C', V, C, J]
         member = np.arange(self.slack.shape[1])[None, None, :] < counts[:, :, None]  # [V, C, J]
-        p = fmax.ravel()[idx].reshape(v, c, -1)
+        p = np.exp(np.einsum("vk,kvcj->vcj", counts.astype(np.float32), lf))
         ontime = np.einsum("vcj,vcj->v", p, member, dtype=np.float64)
         self.last_p = (p, member)  # per-member P of every candidate, for the rider check
         return ontime / t, ontime, t, bi
@@ -188,13 +194,11 @@ class Orloj(Policy):
         du, logF = lat.table(model, cids)
         logF = logF.astype(np.float32)
         jmax = spec.max_batch
-        # Per class, the slack below which even a lone run has P(on time) < threshold:
-        # the first grid step where F reaches the threshold, at the best bucket.
-        if self.config.drop_threshold > 0:
-            kstar = (logF >= math.log(self.config.drop_threshold)).argmax(1)
-        else:
-            kstar = np.zeros(len(cids), dtype=np.int64)
-        smin = (comp[None, :] + gb[None, :] * (kstar[:, None] * du)).min(1)
+        # Per class, the slack below which even a lone run has P(on time) < threshold,
+        # exactly: F(u) >= thr iff u >= the thr-quantile of the class's samples.
+        thr = self.config.drop_threshold
+        qthr = np.array([0.0 if thr <= 0 or lat.is_cold(c) else float(lat.dists[c].quantile(thr)) for c in cids])
+        smin = (comp[None, :] + gb[None, :] * qthr[:, None]).min(1)
         classes = queue.classes(model)
         keep, lists, cold_head = [], [], None
         for i, cid in enumerate(cids):
@@ -222,7 +226,8 @@ class Orloj(Policy):
             head = lst[:jmax]
             lens[row] = len(head)
             slack[row, : len(head)] = [r.deadline_ms - now for r in head]
-        return _Group(model, shape, lists, logF[keep], du, slack, lens, buckets, comp, gb, now), None
+        dists = [lat.dists[cids[i]] for i in keep]
+        return _Group(model, shape, lists, logF[keep], du, slack, lens, buckets, comp, gb, now, dists=dists), None
 
     def _skip_riders(self, grp: _Group, found):
         """Don't let members with P(on time in this batch) < drop_threshold ride along.
