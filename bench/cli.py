@@ -3,6 +3,7 @@
     orloj bench ...            benchmark policies (sim mode today)
     orloj train digits ...     train digits-ee / digits-static into the model cache
     orloj prepare [--models]   fill the model cache (convert minilm, train digits)
+    orloj profile --model NAME --out PROFILE.json   per-shape stage and compile times
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ def _bench(a) -> int:
 
 
 def _add_models(sub) -> None:
+    sub.add_parser("profile", help="measure per-shape stage latency and compile time (see --help)", add_help=False)
     t = sub.add_parser("train", help="train a zoo model (digits)", add_help=False)
     t.add_argument("what", choices=["digits"])
     p = sub.add_parser("prepare", help="fill the model cache with the zoo's checkpoints")
@@ -143,6 +145,10 @@ def _prepare(a) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["profile"]:
+        from .profile import main as profile
+
+        return profile(argv[1:])
     if argv[:2] == ["train", "digits"]:
         from models.train_digits import main as train_digits
 

@@ -53,6 +53,10 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.batches_run = 0
         self.failed_batches = 0
+        self.background_compiles = 0
+        self.prewarm_requests = 0
+        if getattr(executor, "on_compiled", "absent") is None:
+            executor.on_compiled = self.mark_compiled  # background compiles feed the latency model
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> Engine:
@@ -110,6 +114,13 @@ class Engine:
                 return True
         return False
 
+    def mark_compiled(self, model: str, batch_bucket: int, shape_bucket: int, compile_ms: float) -> None:
+        """An executable finished compiling (e.g. on the executor's background thread)."""
+        with self._cv:
+            self.scheduler.latency.observe_compile(model, batch_bucket, shape_bucket, compile_ms)
+            self.background_compiles += 1
+            self._cv.notify()
+
     def queue_depth(self) -> int:
         with self._cv:
             return len(self.scheduler.queue)
@@ -145,11 +156,26 @@ class Engine:
                 out = self.scheduler.next_batch(now)
                 self._resolve(out.finished)
                 if out.batch is not None:
+                    self._prewarm(out.batch)
                     return out.batch
                 if out.wake_at is not None:
                     self._cv.wait(max(0.0, (out.wake_at - now) / 1000.0))
                 elif len(self.scheduler.queue):
                     self._cv.wait(self.IDLE_POLL_S)
+
+    def _prewarm(self, batch) -> None:
+        """Pre-warm planner: the shape that traffic asked for but found cold.
+
+        When the policy padded a batch into a larger warm bucket because the
+        exact bucket was cold (or ran a cold exact one), the exact bucket is
+        what this traffic needs: compile it in the background, off the
+        critical path, so the next such batch finds it warm.
+        """
+        spec = self.scheduler.models[batch.model]
+        exact = spec.batch_bucket(len(batch))
+        cold = not self.executor.is_warm(batch.model, exact, batch.shape_bucket)
+        if cold and self.executor.request_compile(batch.model, exact, batch.shape_bucket):
+            self.prewarm_requests += 1
 
     def _run(self, batch) -> BatchResult:
         t0 = self.clock()

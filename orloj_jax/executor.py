@@ -17,6 +17,7 @@ and derive every number by hand.
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -39,6 +40,10 @@ class Executor(ABC):
     def is_warm(self, model: str, batch_bucket: int, shape_bucket: int = 0) -> bool:
         return True
 
+    def request_compile(self, model: str, batch_bucket: int, shape_bucket: int = 0) -> bool:
+        """Compile this shape off the critical path if the executor can; True if queued."""
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -60,17 +65,57 @@ class EmulatedExecutor(Executor):
         self.clock = clock
         self.sleep = sleep
         self.compiled: set[tuple[str, int, int]] = set()
+        self.on_compiled: Callable[[str, int, int, float], None] | None = None
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, int, int], threading.Thread] = {}
 
     def is_warm(self, model: str, batch_bucket: int, shape_bucket: int = 0) -> bool:
         return not self.compile_ms or (model, batch_bucket, shape_bucket) in self.compiled
 
     def warm(self, model: str, batch_bucket: int, shape_bucket: int = 0) -> float:
-        if self.is_warm(model, batch_bucket, shape_bucket):
+        key = (model, batch_bucket, shape_bucket)
+        with self._lock:
+            pending = self._pending.get(key)
+        if pending is not None:  # being compiled in the background: wait for it
+            t0 = self.clock()
+            pending.join()
+            return self.clock() - t0
+        if self.is_warm(*key):
             return 0.0
         t0 = self.clock()
         self.sleep(self.compile_ms / 1000.0)
-        self.compiled.add((model, batch_bucket, shape_bucket))
+        self.compiled.add(key)
         return self.clock() - t0
+
+    def request_compile(self, model: str, batch_bucket: int, shape_bucket: int = 0) -> bool:
+        key = (model, batch_bucket, shape_bucket)
+        with self._lock:
+            if self.is_warm(*key) or key in self._pending:
+                return False
+            t = threading.Thread(target=self._compile_bg, args=(key,), name="emulated-compile", daemon=True)
+            self._pending[key] = t
+        t.start()
+        return True
+
+    def wait_compiles(self, timeout: float | None = None) -> bool:
+        with self._lock:
+            threads = list(self._pending.values())
+        for t in threads:
+            t.join(timeout)
+        return not any(t.is_alive() for t in threads)
+
+    def _compile_bg(self, key: tuple[str, int, int]) -> None:
+        t0 = self.clock()
+        self.sleep(self.compile_ms / 1000.0)
+        ms = self.clock() - t0
+        with self._lock:
+            self.compiled.add(key)
+        try:
+            if self.on_compiled is not None:  # before leaving _pending: wait_compiles covers it
+                self.on_compiled(*key, ms)
+        finally:
+            with self._lock:
+                del self._pending[key]
 
     def run(self, batch: Batch) -> BatchResult:
         if any(r.true_ms is None for r in batch.requests):

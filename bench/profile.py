@@ -1,0 +1,95 @@
+"""Profile a zoo model on this machine: compile time per shape, warm latency per stage.
+
+    python -m bench.profile --model minilm --out PROFILE.json [--batch 1,2,4,8]
+                            [--lengths 16,32,64] [--reps 20] [--cache-dir DIR]
+                            [--compile-cache-dir DIR]
+
+For every (shape bucket, batch bucket), smallest batch first, it AOT-compiles the
+model's stage programs (``compile_ms``: wall time, per stage key as well), then times
+each stage over ``--reps`` runs (median, p10, p90: call + block + fetch the output) and
+the executor's whole serving loop for a full batch that runs every stage (``run_ms``);
+``g`` is ``run_ms`` over ``run_ms`` at batch 1, what the latency model's g(b) learns.
+The JSON (see ``JaxExecutor.profile``) records the machine: jax version, backend,
+device kind, CPU count and date. ``--lengths`` is ignored for the single-shape digits
+models. ``--compile-cache-dir`` turns on the persistent compilation cache: a second run
+then reports cache hits and near-zero compile times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _ints(s: str) -> tuple[int, ...]:
+    try:
+        v = tuple(int(x) for x in s.split(",") if x.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from e
+    if not v or min(v) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {s!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="minilm", help="zoo name (minilm, digits-ee, digits-static) or checkpoint dir")
+    p.add_argument("--out", type=Path, required=True, help="where to write the JSON profile")
+    p.add_argument("--batch", type=_ints, default=None, help="batch buckets (default: the model's)")
+    p.add_argument("--lengths", type=_ints, default=None, help="shape buckets (default: the model's)")
+    p.add_argument("--reps", type=int, default=20, help="timed repetitions per shape (default 20)")
+    p.add_argument("--cache-dir", default=None, help="model cache root (default $ORLOJ_CACHE_DIR or ~/.cache/orloj-jax/models)")
+    p.add_argument("--compile-cache-dir", default=None, help="persistent XLA compilation cache directory")
+    return p
+
+
+def format_table(prof: dict) -> str:
+    keys = prof["stage_keys"]
+    lines = [f"{prof['model']} on {prof['machine']['device_kind']} ({prof['machine']['backend']}, "
+             f"{prof['machine']['cpu_count']} CPUs, jax {prof['machine']['jax_version']}), "
+             f"median of {prof['reps']} reps, ms",
+             f"{'len':>5} {'batch':>5} {'compile':>9} {'stage0':>8} {'stage1+':>8} "
+             f"{'run':>8} {'per item':>8} {'g':>6}"]
+    for r in prof["results"]:
+        later = r["stage_ms"][1:]
+        s1 = sum(later) / len(later) if later else float("nan")
+        g = f"{r['g']:.2f}" if r["g"] is not None else "-"
+        lines.append(f"{r['shape_bucket']:>5} {r['batch_bucket']:>5} {r['compile_ms']:>9.1f} "
+                     f"{r['stage_ms'][0]:>8.3f} {s1:>8.3f} {r['run_ms']:>8.3f} "
+                     f"{r['per_item_ms']:>8.3f} {g:>6}")
+    if len(keys) > 1:
+        lines.append(f"stage1+ = mean over stages 1..{len(keys) - 1}; stage keys {keys}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.reps < 1:
+        print("--reps must be >= 1", file=sys.stderr)
+        return 2
+    from models import load_model
+    from orloj_jax.jax_executor import JaxExecutor
+
+    model = load_model(args.model, cache_dir=args.cache_dir)
+    name = model.name
+    lengths = None if len(model.shape_buckets) == 1 else args.lengths
+    if lengths and max(lengths) > getattr(model.config, "max_position_embeddings", max(lengths)):
+        print(f"--lengths {lengths} exceed the model's positions", file=sys.stderr)
+        return 2
+    ex = JaxExecutor({name: model}, compile_cache_dir=args.compile_cache_dir, background=False)
+    try:
+        prof = ex.profile(name, args.batch, lengths, reps=args.reps)
+    finally:
+        ex.close()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(prof, indent=2) + "\n")
+    print(format_table(prof))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""JaxExecutor: exact outputs vs the reference driver, zero compiles after warm-up, cold
+shapes, background compiles, the persistent compilation cache, and the live engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import wait
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import digits, load_model, minilm
+from models.base import run_items
+from orloj_jax.engine import Engine
+from orloj_jax.jax_executor import JaxExecutor, compile_count, model_spec, split_payload
+from orloj_jax.latency import LatencyModel
+from orloj_jax.policies import make_policy
+from orloj_jax.request import Outcome, Request
+from orloj_jax.scheduler import Batch, Scheduler
+
+ROOT = Path(__file__).resolve().parents[1]
+DIG = "digits-ee"
+MINI = "minilm"
+EPOCHS = 4  # quick training, as in test_models_digits
+THRESHOLD = 0.6  # with 4 epochs, 0.6 makes all three exits occur
+SENTENCES = [
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "A Python program is constructed from code blocks; a block is a piece of program text "
+    "that is executed as a unit.",
+    "Assignments to __debug__ are illegal.",
+]
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("zoo")
+    digits.train_and_save(root / DIG, variant="ee", epochs=EPOCHS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dig(cache):
+    return load_model(DIG, cache_dir=cache, batch_buckets=(1, 2, 4), exit_threshold=THRESHOLD)
+
+
+@pytest.fixture(scope="module")
+def items(dig):
+    _, _, xte, _ = digits.load_split(0)
+    return dig.preprocess(xte[:40])
+
+
+@pytest.fixture(scope="module")
+def ex(dig):
+    e = JaxExecutor({DIG: dig})
+    for bb in (1, 2, 4):
+        assert e.warm(DIG, bb, 8) > 0
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def mini(cache):
+    path = minilm.convert(cache / MINI)
+    return load_model(path, batch_buckets=(1, 2), shape_buckets=(16, 32))
+
+
+@pytest.fixture(scope="module")
+def mex(mini):
+    e = JaxExecutor({MINI: mini})
+    e.warm_all(MINI)
+    yield e
+    e.close()
+
+
+def reqs(model: str, its, opts=None, deadline: float = 1e12):
+    return [Request(model, "t", 0.0, deadline, size=it.size,
+                    payload=it if opts is None else (it, opts)) for it in its]
+
+
+def serve(e: JaxExecutor, model: str, its, bb: int, sb: int, opts=None):
+    """Run `its` in consecutive batches of bucket `bb`; (outputs, exit indices, results)."""
+    outs, exits, results = [], [], []
+    for s in range(0, len(its), bb):
+        r = e.run(Batch(model, reqs(model, its[s : s + bb], opts), bb, sb, 0.0))
+        outs += r.outputs
+        exits += r.exit_index
+        results.append(r)
+    return outs, np.asarray(exits), results
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_digits_outputs_equal_reference(ex, dig, items, early, monkeypatch):
+    ref = run_items(dig, items, early_exit=early)
+    opts = None if early else {"early_exit": False}
+    buckets = []
+    orig = dig.compact
+    monkeypatch.setattr(dig, "compact", lambda a, keep, bb: buckets.append(bb) or orig(a, keep, bb))
+    outs, exits, results = serve(ex, DIG, items[:38], 4, 8, opts)  # last batch: 2 of 4
+    monkeypatch.undo()
+    np.testing.assert_array_equal(exits, ref.exit_index[:38])
+    for a, b in zip(outs, ref.outputs, strict=False):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    if early:
+        assert len(np.unique(exits)) >= 2
+        assert buckets and min(buckets) < 4  # survivors were compacted into smaller buckets
+    else:
+        assert (exits == 2).all() and not buckets
+    for r in results:
+        assert r.compile_ms == 0.0 and r.device_ms > 0
+        ex_i, fin, solo = map(np.asarray, (r.exit_index, r.finish_ms, r.solo_ms))
+        # an earlier exit answers no later and costs no more alone
+        order = np.argsort(ex_i, kind="stable")
+        assert (np.diff(fin[order]) >= 0).all() and (np.diff(solo[order]) >= 0).all()
+        assert (solo > 0).all()
+
+
+def test_per_request_threshold(ex, dig, items):
+    ref = run_items(dig, items[:8], threshold=0.99)
+    outs, exits, _ = serve(ex, DIG, items[:8], 4, 8, {"threshold": 0.99})
+    np.testing.assert_array_equal(exits, ref.exit_index)
+    for a, b in zip(outs, ref.outputs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    # mixed options inside one batch
+    its = items[:4]
+    payloads = [its[0], (its[1], {"early_exit": False}), (its[2], {"threshold": 0.99}), its[3]]
+    b = Batch(DIG, [Request(DIG, "t", 0, 1e12, size=8, payload=p) for p in payloads], 4, 8, 0.0)
+    r = ex.run(b)
+    assert r.exit_index[1] == 2
+    assert r.exit_index[0] == run_items(dig, [its[0]]).exit_index[0]
+    assert r.exit_index[2] == run_items(dig, [its[2]], threshold=0.99).exit_index[0]
+
+
+def test_minilm_outputs_equal_embed(mex, mini):
+    its = mini.preprocess(SENTENCES)
+    assert [it.size for it in its] == [4, 12, 26, 14]
+    full = mini.embed(SENTENCES, early_exit=False)
+    # run_items groups by shape bucket: (0, 1) and (3) in 16, (2) in 32
+    groups = [([0, 1], 16), ([3], 16), ([2], 32)]
+    for early in (False, True):
+        ref = run_items(mini, its, early_exit=early)
+        for idx, sb in groups:
+            r = mex.run(Batch(MINI, reqs(MINI, [its[j] for j in idx], {"early_exit": early}),
+                              len(idx), sb, 0.0))
+            assert r.compile_ms == 0.0
+            for k, j in enumerate(idx):
+                assert r.exit_index[k] == ref.exit_index[j]
+                np.testing.assert_allclose(r.outputs[k], ref.outputs[j], rtol=0, atol=1e-6)
+                if not early:
+                    np.testing.assert_allclose(r.outputs[k], full[j], rtol=0, atol=1e-6)
+    # a short sentence padded to the longer bucket gives the same embedding
+    r = mex.run(Batch(MINI, reqs(MINI, [its[0], its[2]], {"early_exit": False}), 2, 32, 0.0))
+    np.testing.assert_allclose(np.stack(r.outputs), full[[0, 2]], rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- compiles
+
+
+def test_zero_compiles_after_warmup(ex, mex, items, mini):
+    assert all(ex.is_warm(DIG, bb, 8) for bb in (1, 2, 4))
+    assert ex.is_warm(DIG, 4)  # the scheduler's default shape bucket 0: the model's only one
+    assert all(mex.is_warm(MINI, bb, sb) for bb in (1, 2) for sb in (16, 32))
+    its = mini.preprocess(SENTENCES)
+    mark = ex.compile_mark()
+    for bb in (1, 2, 4):
+        for n in range(1, bb + 1):
+            r = ex.run(Batch(DIG, reqs(DIG, items[:n]), bb, 8, 0.0))
+            assert r.compile_ms == 0.0
+    serve(ex, DIG, items, 4, 8)
+    for sb in (16, 32):
+        mex.run(Batch(MINI, reqs(MINI, its[:2]), 2, sb, 0.0))
+        mex.run(Batch(MINI, reqs(MINI, its[1:2], {"early_exit": False}), 1, sb, 0.0))
+    assert ex.compiles_since(mark) == 0
+
+
+def test_cold_shape_compiles_in_run_then_warm(ex, items):
+    assert not ex.is_warm(DIG, 3, 8)  # 3 is not one of the model's buckets: never compiled
+    c0 = compile_count()
+    r = ex.run(Batch(DIG, reqs(DIG, items[:3]), 3, 8, 0.0))
+    assert r.compile_ms > 0 and r.device_ms >= r.compile_ms
+    assert compile_count() > c0
+    assert ex.is_warm(DIG, 3, 8)
+    r2 = ex.run(Batch(DIG, reqs(DIG, items[:3]), 3, 8, 0.0))
+    assert r2.compile_ms == 0.0
+    np.testing.assert_array_equal(r.exit_index, r2.exit_index)
+
+
+def test_background_compile(ex, items, monkeypatch):
+    seen = []
+    monkeypatch.setattr(ex, "on_compiled", lambda *a: seen.append(a))
+    assert not ex.is_warm(DIG, 5, 8)
+    assert ex.request_compile(DIG, 5, 8)
+    assert not ex.request_compile(DIG, 5, 8)  # deduplicated while queued or compiling
+    assert ex.wait_compiles(60)
+    assert len(seen) == 1 and seen[0][:3] == (DIG, 5, 8) and seen[0][3] > 0
+    assert ex.pending_compiles() == 0 and ex.is_warm(DIG, 5, 8)
+    assert not ex.request_compile(DIG, 5, 8)  # warm: nothing to do
+    bg = [c for c in ex.compile_log if c["batch_bucket"] == 5]
+    assert len(bg) == 3 and all(c["thread"] == "orloj-compile" for c in bg)
+    mark = ex.compile_mark()
+    assert ex.run(Batch(DIG, reqs(DIG, items[:5]), 5, 8, 0.0)).compile_ms == 0.0
+    assert ex.compiles_since(mark) == 0
+
+
+def test_run_and_background_never_compile_twice(ex, items):
+    """A run needing a shape the background thread is compiling waits for that compile."""
+    ex.request_compile(DIG, 6, 8)
+    r = ex.run(Batch(DIG, reqs(DIG, items[:6]), 6, 8, 0.0))
+    assert ex.wait_compiles(60) and ex.is_warm(DIG, 6, 8)
+    assert r.compile_ms >= 0 and r.exit_index is not None
+    six = [c["stage_key"] for c in ex.compile_log if c["batch_bucket"] == 6]
+    assert sorted(six) == ["0", "1", "2"]  # each program compiled exactly once
+    assert not ex.compile_errors
+
+
+def test_warm_measures_batch1_and_solo(ex, items):
+    b1 = [ex.batch1_ms(DIG, i, 8) for i in range(3)]
+    assert all(x is not None and x > 0 for x in b1)
+    r = ex.run(Batch(DIG, reqs(DIG, items[:1], {"early_exit": False}), 1, 8, 0.0))
+    assert r.exit_index == [2]
+    assert r.solo_ms[0] == pytest.approx(sum(ex.batch1_ms(DIG, i, 8) for i in range(3)))
+
+
+def test_bad_requests_raise(ex, items):
+    with pytest.raises(TypeError):
+        ex.run(Batch(DIG, [Request(DIG, "t", 0, 1, size=8, payload="nope")], 1, 8, 0.0))
+    with pytest.raises(ValueError):
+        ex.run(Batch(DIG, reqs(DIG, items[:3]), 2, 8, 0.0))
+    with pytest.raises(ValueError):
+        split_payload((items[0], {"bogus": 1}))
+    with pytest.raises(KeyError):
+        ex.is_warm("nope", 1, 8)
+
+
+def test_profile_is_json(ex):
+    p = ex.profile(DIG, [1, 2], [8], reps=3)
+    json.dumps(p)
+    assert p["machine"]["backend"] == "cpu" and p["stage_keys"] == ["0", "1", "2"]
+    rows = {r["batch_bucket"]: r for r in p["results"]}
+    assert rows[1]["g"] == 1.0 and rows[2]["g"] > 0
+    assert len(rows[2]["stage_ms"]) == 3 and rows[2]["compile_ms"] == 0.0  # warm already
+
+
+# ----------------------------------------------------------------------------- persistent cache
+
+_CHILD = """
+import json, sys
+from models import load_model
+from orloj_jax.jax_executor import JaxExecutor, cache_hit_count, compile_count
+m = load_model("digits-ee", cache_dir=sys.argv[1], batch_buckets=(1, 2))
+ex = JaxExecutor({"digits-ee": m}, compile_cache_dir=sys.argv[2], warm_reps=0)
+c0, h0 = compile_count(), cache_hit_count()
+ms = ex.warm("digits-ee", 2, 8)
+print(json.dumps({"ms": ms, "programs": len(ex.programs("digits-ee", 2, 8)),
+                  "compiles": compile_count() - c0, "hits": cache_hit_count() - h0}))
+"""
+
+
+def test_persistent_cache_across_processes(cache, tmp_path):
+    cdir = tmp_path / "xla"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+
+    def child():
+        out = subprocess.run([sys.executable, "-c", _CHILD, str(cache), str(cdir)], cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = child()
+    assert first["programs"] == 5  # 3 stages at bb 2 + stages 1, 2 at the compaction bucket 1
+    assert first["compiles"] >= first["programs"] and first["hits"] == 0
+    assert any(cdir.iterdir())  # entries were written
+    second = child()
+    assert second["hits"] >= second["programs"]  # every program came from the disk cache
+
+
+# ----------------------------------------------------------------------------- live engine
+
+
+def test_engine_orloj_end_to_end(dig, items):
+    e = JaxExecutor({DIG: dig})
+    lat = LatencyModel()
+    for bb in dig.batch_buckets:
+        lat.observe_compile(DIG, bb, 8, e.warm(DIG, bb, 8))
+    sched = Scheduler(make_policy("orloj"), [model_spec(dig, DIG)], lat)
+    ref = run_items(dig, items[:12])
+    eng = Engine(sched, e)
+    with eng:
+        rs = []
+        for it in items[:12]:
+            now = eng.now()
+            rs.append(Request(DIG, "digits", now, now + 1000.0, size=it.size, payload=it))
+        futs = [eng.submit(r) for r in rs]
+        done, _ = wait(futs, timeout=30)
+    assert len(done) == len(rs)
+    assert [r.outcome for r in rs] == [Outcome.ON_TIME] * len(rs)
+    for j, r in enumerate(rs):
+        assert r.exit_index == ref.exit_index[j]
+        assert int(np.argmax(r.output)) == int(np.argmax(ref.outputs[j]))
+        np.testing.assert_allclose(r.output, ref.outputs[j], rtol=0, atol=1e-6)
+    assert eng.batches_run >= 1 and eng.failed_batches == 0
+    assert lat.dist(DIG, "digits", 8).n == len(rs)  # every member's solo time was learned
