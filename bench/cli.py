@@ -4,6 +4,7 @@
     orloj train digits ...     train digits-ee / digits-static into the model cache
     orloj prepare [--models]   fill the model cache (convert minilm, train digits)
     orloj profile --model NAME --out PROFILE.json   per-shape stage and compile times
+    orloj serve [--models ...]  serve the zoo over HTTP (docs/api.md)
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--arrival", choices=["bursty", "poisson"], default="bursty")
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--cache-dir", help="model cache for --mode engine (default $ORLOJ_CACHE_DIR or ~/.cache/orloj-jax/models)")
+    p.add_argument("--compile-cache-dir", help="JAX persistent compilation cache for --mode engine")
     g = p.add_argument_group("orloj")
     g.add_argument("--drop-threshold", type=float, help="drop when P(on time alone) is below this (default 0.3)")
     g = p.add_argument_group("static (Triton dynamic batcher / TF Serving)")
@@ -57,6 +60,24 @@ def _add_bench(sub) -> None:
     g.add_argument("--static-allowed-batch-sizes", type=_ints)
     g.add_argument("--static-queue-timeout-us", type=float)
     g.add_argument("--static-no-slo-timeout", action="store_true", help="do not reject requests queued past their SLO")
+
+
+def _bench_engine(a, spec: BenchSpec) -> int:
+    from .engine_mode import ZOO_WORKLOADS, engine_trace_report, engine_zoo_report
+
+    if a.trace:
+        print("orloj bench: --mode engine replays built-in workloads; use --mode sim for --trace", file=sys.stderr)
+        return 2
+    if a.workload in ZOO_WORKLOADS:
+        report = engine_zoo_report(spec, a.workload, cache_dir=a.cache_dir, compile_cache_dir=a.compile_cache_dir, log=lambda m: print(m, file=sys.stderr))
+    else:
+        report = engine_trace_report(spec, get_workload(a.workload))
+    print(format_table(report))
+    print(f"compiles while serving: {report['compiles_while_serving']}", file=sys.stderr)
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(report, indent=2))
+    return 0
 
 
 def _policy_options(a) -> dict[str, dict]:
@@ -82,9 +103,13 @@ def _bench(a) -> int:
     if a.list_workloads:
         for name, family, desc in list_workloads():
             print(f"{name:<14} {family:<10} {desc}")
+        from .engine_mode import ZOO_DESCRIPTIONS
+
+        for name, desc in ZOO_DESCRIPTIONS.items():
+            print(f"{name:<14} {'model':<10} {desc} (--mode engine)")
         return 0
-    if a.mode != "sim":
-        print(f"orloj bench: --mode {a.mode} needs the live engine, which is not built yet", file=sys.stderr)
+    if a.mode == "http":
+        print("orloj bench: --mode http needs the HTTP server, which is not built yet", file=sys.stderr)
         return 2
     if not a.workload and not a.trace:
         print("orloj bench: give --workload NAME or --trace FILE.jsonl", file=sys.stderr)
@@ -99,6 +124,8 @@ def _bench(a) -> int:
         arrival=a.arrival,
         policy_options=_policy_options(a),
     )
+    if a.mode == "engine":
+        return _bench_engine(a, spec)
     kwargs = {}
     if a.workload:
         kwargs["workload"] = get_workload(a.workload)
@@ -126,6 +153,7 @@ def _bench(a) -> int:
 
 
 def _add_models(sub) -> None:
+    sub.add_parser("serve", help="serve models over HTTP (msgpack/JSON); see `orloj serve --help`", add_help=False)
     sub.add_parser("profile", help="measure per-shape stage latency and compile time (see --help)", add_help=False)
     t = sub.add_parser("train", help="train a zoo model (digits)", add_help=False)
     t.add_argument("what", choices=["digits"])
@@ -145,6 +173,10 @@ def _prepare(a) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        from server.main import main as serve_main
+
+        return serve_main(argv[1:])
     if argv[:1] == ["profile"]:
         from .profile import main as profile
 

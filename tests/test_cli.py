@@ -34,11 +34,14 @@ def no_delay_tuning(monkeypatch):
 
 
 def test_list_workloads(capsys):
-    """18 workloads (13 synthetic, static, 4 real), one line each, name first."""
+    """18 trace workloads (13 synthetic, static, 4 real) then the 3 model workloads of
+    --mode engine, one line each, name first."""
     assert main(["bench", "--list-workloads"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 18
-    assert [ln.split()[0] for ln in lines] == [n for n, _, _ in list_workloads()]
+    assert len(lines) == 21
+    names = [ln.split()[0] for ln in lines]
+    assert names == [n for n, _, _ in list_workloads()] + ["minilm-text", "digits-ee", "digits-static"]
+    assert all("--mode engine" in ln for ln in lines[18:])
     assert lines[0].split()[:2] == ["uni-s0.5", "synthetic"]
 
 
@@ -158,8 +161,8 @@ def test_trace_with_batch_curve(tmp_path):
         (["--workload", "nope"], "unknown workload 'nope'"),
         (["--workload", "bi-s1", "--policies", "orloj,nope"], "unknown policies ['nope']"),
         (
-            ["--workload", "bi-s1", "--mode", "engine"],
-            "--mode engine needs the live engine, which is not built yet",
+            ["--trace", "t.jsonl", "--mode", "engine"],
+            "--mode engine replays built-in workloads",
         ),
         (["--workload", "bi-s1", "--mode", "http"], "not built yet"),
         ([], "give --workload NAME or --trace FILE.jsonl"),
@@ -200,3 +203,18 @@ def test_argparse_errors_exit_2(argv, capsys):
         main(["bench", *argv] if argv else [])
     assert e.value.code == 2
     assert "usage: orloj" in capsys.readouterr().err
+
+
+def test_engine_mode_trace_workload_writes_the_sim_schema(tmp_path, capsys):
+    """--mode engine on a synthetic workload: 40 requests replayed in real time through
+    the live engine (EmulatedExecutor sleeps the emulated times); same row schema as sim,
+    plus compiles_while_serving and warm_shapes; every request is accounted for."""
+    out = tmp_path / "e.json"
+    argv = ["bench", "--mode", "engine", "--workload", "bi-s1", "--requests", "40", "--slo-k", "3",
+            "--load", "0.5", "--policies", "orloj,static", "--json", str(out), "--no-progress"]
+    assert main(argv) == 0
+    rep = json.loads(out.read_text())
+    assert rep["mode"] == "engine" and TOP_KEYS <= set(rep) and "compiles_while_serving" in rep
+    for row in rep["results"]:
+        assert RESULT_KEYS <= set(row) and row["n"] == 40
+        assert row["on_time"] + row["late"] + row["dropped"] + row["failed"] == 40

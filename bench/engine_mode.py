@@ -1,0 +1,331 @@
+"""`orloj bench --mode engine`: the live engine in-process, in real time.
+
+Two kinds of workload:
+
+- **Trace workloads** (the synthetic and measured ones of `bench/workloads.py`):
+  the same trace as `--mode sim`, replayed in real time against an `Engine`
+  whose `EmulatedExecutor` sleeps g(B) x the slowest member's true time.
+  The latency model gets the same offline profile as in the simulator.
+- **Zoo workloads** (`minilm-text`, `digits-ee`, `digits-static`): real
+  models on the JAX executor. Before serving, every (batch bucket, shape
+  bucket) the run may use is compiled (warm-up), then an offline profile
+  (a separate sample of inputs, each run alone, plus full batches per shape
+  bucket) gives each class's solo times, the SLO (k x P99 of the
+  application's solo time) and the capacity at the max batch
+  (max_batch / mean batch time over the input mix). Arrivals are then
+  drawn at load x capacity and replayed. Inputs are real: texts from
+  CPython's pydoc topics (their lengths and early exits are the inputs'
+  own), digits images from the held-out split.
+
+Each policy gets a fresh scheduler and latency model, but the same warm
+executor, trace and profile. The JSON rows are those of `--mode sim`; the
+report adds `compiles_while_serving` (backend compiles counted by the
+`jax.monitoring` listener during the replay) and `warm_shapes`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, wait
+from dataclasses import dataclass
+
+import numpy as np
+
+from orloj_jax.engine import Engine
+from orloj_jax.executor import EmulatedExecutor
+from orloj_jax.latency import LatencyModel
+from orloj_jax.policies import Policy, make_policy
+from orloj_jax.request import Outcome, Request
+from orloj_jax.scheduler import Batch, ModelSpec, Scheduler
+from orloj_jax.sim import EmulatedDevice, seed_latency
+from orloj_jax.stats import summarize
+
+from .arrivals import bursty_arrivals, poisson_arrivals
+
+ZOO_DESCRIPTIONS = {
+    "minilm-text": "all-MiniLM-L6-v2 (early exit) on real English text from CPython's pydoc topics",
+    "digits-ee": "3-exit CNN on held-out sklearn digits images",
+    "digits-static": "the same CNN without exits",
+}
+ZOO_WORKLOADS = {
+    "minilm-text": ("minilm", "text"),
+    "digits-ee": ("digits-ee", "digits"),
+    "digits-static": ("digits-static", "digits"),
+}
+
+
+def replay(engine: Engine, arrivals_ms: np.ndarray, build: Callable[[int, float], Request], timeout_s: float = 600.0) -> list[Request]:
+    """Submit request i at start + arrivals_ms[i] (real time); wait for every answer."""
+    futs: list[Future] = []
+    reqs: list[Request] = []
+    t0 = engine.now()
+    for i, a in enumerate(arrivals_ms):
+        delay = (t0 + float(a) - engine.now()) / 1000.0
+        if delay > 0:
+            time.sleep(delay)
+        req = build(i, engine.now())
+        reqs.append(req)
+        futs.append(engine.submit(req))
+    done, not_done = wait(futs, timeout=timeout_s)
+    if not_done:
+        raise RuntimeError(f"{len(not_done)} requests unanswered after {timeout_s} s")
+    for f in done:
+        f.result()  # re-raise an engine crash
+    return reqs
+
+
+def _summary(reqs: list[Request], sizes: list[int]) -> dict:
+    arr = [r.arrival_ms for r in reqs]
+    return summarize(reqs, sizes, max(arr) - min(arr))
+
+
+class _SizeLog:
+    """Wraps an executor to record batch sizes (the engine does not keep them)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.sizes: list[int] = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def run(self, batch):
+        self.sizes.append(len(batch))
+        return self.inner.run(batch)
+
+
+# -- trace workloads ------------------------------------------------------
+def run_trace_policy(trace, make: Callable[[], Policy], max_batch: int) -> dict:
+    spec = ModelSpec("model", tuple(range(1, max_batch + 1)))
+    lat = LatencyModel()
+    seed_latency(lat, trace, spec, EmulatedDevice(trace.curve.g))
+    ex = _SizeLog(EmulatedExecutor(trace.curve.g))
+    eng = Engine(Scheduler(make(), [spec], lat), ex).start()
+    tags = trace.tags
+
+    def build(i: int, now: float) -> Request:
+        return Request("model", tags[int(trace.tag_idx[i])], now, now + float(trace.slo_ms[i]), true_ms=float(trace.exec_ms[i]))
+
+    try:
+        reqs = replay(eng, trace.arrivals_ms, build)
+    finally:
+        eng.shutdown(timeout=30)
+    row = _summary(reqs, ex.sizes)
+    row.update(compiles_while_serving=0, warm_shapes=[list(s) for s in lat.warm_shapes()])
+    return row
+
+
+# -- zoo workloads --------------------------------------------------------
+@dataclass
+class ZooSetup:
+    name: str
+    model: object
+    executor: object
+    spec: ModelSpec
+    tag: str
+    items: list  # serving pool (preprocessed)
+    profile_solo: dict[int, np.ndarray]  # shape bucket -> solo ms of profiled requests
+    profile_g: dict[tuple[int, int], float]  # (bb, sb) -> batch ms / max solo
+    p99_ms: float
+    capacity_rps: float
+    compile_ms: float
+    shape_mix: dict[int, float]
+
+
+def _zoo_inputs(name: str, seed: int) -> list:
+    if name == "minilm":
+        from models.textdata import load_texts
+
+        return load_texts(seed=seed)
+    from models.digits import load_split
+
+    _, _, xte, _ = load_split(0)
+    return list(xte)
+
+
+def setup_zoo(workload: str, max_batch: int, *, cache_dir=None, compile_cache_dir=None, profile_n: int = 120, seed: int = 0, progress=print) -> ZooSetup:
+    from models import load_model
+    from orloj_jax.jax_executor import JaxExecutor
+
+    model_name, tag = ZOO_WORKLOADS[workload]
+    bbs = tuple(b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch)
+    model = load_model(model_name, cache_dir=cache_dir, batch_buckets=bbs)
+    ex = JaxExecutor({model_name: model}, compile_cache_dir=compile_cache_dir)
+    t0 = time.perf_counter()
+    progress(f"[engine] warming {model_name}: {len(bbs)} batch x {len(model.shape_buckets)} shape buckets")
+    ex.warm_all(model_name)
+    compile_ms = (time.perf_counter() - t0) * 1000.0
+    items = model.preprocess(_zoo_inputs(model_name, seed))
+    spec = ModelSpec(model_name, tuple(model.batch_buckets), tuple(model.shape_buckets))
+    rng = np.random.default_rng([seed, 7])
+    # Offline profile: a separate sample, each request alone (its own length, its own exit).
+    prof_idx = rng.choice(len(items), size=min(profile_n, len(items)), replace=False)
+    solo: dict[int, list[float]] = {}
+    all_solo = []
+    for i in prof_idx:
+        it = items[int(i)]
+        sb = model.shape_bucket_for(it.size)
+        r = Request(model_name, tag, 0.0, math.inf, size=it.size, payload=it)
+        res = ex.run(Batch(model_name, [r], 1, sb, 0.0))
+        solo.setdefault(sb, []).append(float(res.solo_ms[0]))
+        all_solo.append(float(res.device_ms))
+    # Batch scaling and capacity: one full batch per shape bucket, inputs of that bucket.
+    sizes = np.array([model.shape_bucket_for(it.size) for it in items])
+    mix = {int(sb): float(np.mean(sizes == sb)) for sb in model.shape_buckets if np.any(sizes == sb)}
+    profile_g: dict[tuple[int, int], float] = {}
+    t_full = 0.0
+    for sb, frac in mix.items():
+        pool = np.flatnonzero(sizes == sb)
+        for bb in bbs:
+            pick = rng.choice(pool, size=bb, replace=len(pool) < bb)
+            reqs = [Request(model_name, tag, 0.0, math.inf, size=items[int(i)].size, payload=items[int(i)]) for i in pick]
+            res = min((ex.run(Batch(model_name, reqs, bb, sb, 0.0)) for _ in range(3)), key=lambda r: r.device_ms)
+            profile_g[(bb, sb)] = res.device_ms / max(float(np.max(res.solo_ms)), 1e-9)
+            if bb == max(bbs):
+                t_full += frac * res.device_ms
+    return ZooSetup(
+        name=workload,
+        model=model,
+        executor=ex,
+        spec=spec,
+        tag=tag,
+        items=items,
+        profile_solo={sb: np.asarray(v) for sb, v in solo.items()},
+        profile_g=profile_g,
+        p99_ms=float(np.percentile(all_solo, 99)),
+        capacity_rps=max(bbs) / t_full * 1000.0,
+        compile_ms=compile_ms,
+        shape_mix=mix,
+    )
+
+
+def zoo_trace(z: ZooSetup, *, load: float, n: int, seed: int, arrival: str) -> tuple[np.ndarray, np.ndarray]:
+    """(arrival ms, item index) for n requests at load x capacity."""
+    rate = load * z.capacity_rps
+    rng = np.random.default_rng([seed, 0])
+    arr = poisson_arrivals(rate, n, rng) if arrival == "poisson" else bursty_arrivals(rate, n, rng)
+    idx = np.random.default_rng([seed, 1]).integers(0, len(z.items), size=n)
+    return arr, idx
+
+
+def run_zoo_policy(z: ZooSetup, arrivals: np.ndarray, idx: np.ndarray, slo_ms: float, make: Callable[[], Policy]) -> dict:
+    from orloj_jax.jax_executor import compile_count
+
+    lat = LatencyModel()
+    for sb, xs in z.profile_solo.items():
+        lat.seed(z.spec.name, z.tag, xs, shape_bucket=sb)
+    for (bb, sb), ratio in z.profile_g.items():
+        lat.seed_scaling(z.spec.name, {bb: ratio}, shape_bucket=sb)
+    for bb in z.spec.batch_buckets:
+        for sb in z.spec.shape_buckets:
+            if z.executor.is_warm(z.spec.name, bb, sb):
+                lat.mark_warm(z.spec.name, bb, sb)
+    ex = _SizeLog(z.executor)
+    eng = Engine(Scheduler(make(), [z.spec], lat), ex)
+    z.executor.on_compiled = eng.mark_compiled
+    eng.start()
+
+    def build(i: int, now: float) -> Request:
+        it = z.items[int(idx[i])]
+        return Request(z.spec.name, z.tag, now, now + slo_ms, size=it.size, payload=it)
+
+    c0 = compile_count()
+    try:
+        reqs = replay(eng, arrivals, build)
+    finally:
+        eng.shutdown(timeout=60)
+        z.executor.on_compiled = None
+    row = _summary(reqs, ex.sizes)
+    row.update(
+        compiles_while_serving=compile_count() - c0,
+        warm_shapes=[list(s) for s in lat.warm_shapes(z.spec.name)],
+        exits=np.bincount([r.exit_index for r in reqs if r.outcome in (Outcome.ON_TIME, Outcome.LATE)] or [0]).tolist(),
+    )
+    return row
+
+
+def engine_trace_report(spec, workload, progress=None) -> dict:
+    """--mode engine for a trace workload: the same rows as run_sim."""
+    from orloj_jax.sim import SimConfig
+
+    from .runner import _policy, tune_static  # noqa: PLC0415 - avoid an import cycle
+
+    results = []
+    t0 = time.perf_counter()
+    for k in spec.slo_ks:
+        trace = workload.make_trace(load=spec.load, slo_k=k, n_requests=spec.n_requests, seed=spec.seed, max_batch=spec.max_batch, arrival=spec.arrival)
+        tuned = None
+        if "static-tuned" in spec.policies:
+            tune = workload.make_trace(load=spec.load, slo_k=k, n_requests=min(spec.n_requests, 2000), seed=spec.seed + 1000, max_batch=spec.max_batch, arrival=spec.arrival)
+            tuned, _ = tune_static(tune, SimConfig(max_batch=spec.max_batch), spec.policy_options.get("static", {}))
+        for name in spec.policies:
+            row = {"policy": name, "slo_k": float(k), **run_trace_policy(trace, lambda n=name, t=tuned: _policy(n, spec, t), spec.max_batch)}
+            if tuned is not None and name == "static-tuned":
+                row["settings"] = tuned
+            results.append(row)
+            if progress:
+                progress(len(trace))
+    return {
+        "workload": workload.name,
+        "mode": "engine",
+        "load": spec.load,
+        "seed": spec.seed,
+        "arrival": spec.arrival,
+        "max_batch": spec.max_batch,
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+        "results": results,
+        "compiles_while_serving": 0,
+        "warm_shapes": "all (emulated executor: nothing to compile)",
+    }
+
+
+def engine_zoo_report(spec, workload: str, *, cache_dir=None, compile_cache_dir=None, progress=None, log=print) -> dict:
+    from .runner import _policy
+
+    z = setup_zoo(workload, spec.max_batch, cache_dir=cache_dir, compile_cache_dir=compile_cache_dir, seed=spec.seed, progress=log)
+    log(f"[engine] {workload}: solo p99 {z.p99_ms:.1f} ms, capacity {z.capacity_rps:.1f} req/s at batch {spec.max_batch}, warm-up {z.compile_ms / 1000:.1f} s")
+    results = []
+    t0 = time.perf_counter()
+    for k in spec.slo_ks:
+        slo = k * z.p99_ms
+        arrivals, idx = zoo_trace(z, load=spec.load, n=spec.n_requests, seed=spec.seed, arrival=spec.arrival)
+        tuned = None
+        if "static-tuned" in spec.policies:
+            # Tuned live on a shorter trace drawn with another seed, over a coarse grid.
+            t_arr, t_idx = zoo_trace(z, load=spec.load, n=min(spec.n_requests, 300), seed=spec.seed + 1000, arrival=spec.arrival)
+            best = (-1.0, None)
+            for b in sorted({1, 2, 4, 8, spec.max_batch} & set(range(1, spec.max_batch + 1))):
+                for d in (0, 5000, 20_000):
+                    opts = {**spec.policy_options.get("static", {}), "max_batch_size": b, "max_queue_delay_us": float(d)}
+                    fr = run_zoo_policy(z, t_arr, t_idx, slo, lambda o=opts: make_policy("static", **o))["finish_rate"]
+                    if fr > best[0] + 1e-12:
+                        best = (fr, {"max_batch_size": b, "max_queue_delay_us": float(d)})
+            tuned = best[1]
+        for name in spec.policies:
+            if name == "oracle":
+                continue  # true times of real inputs are unknown before running them
+            row = {"policy": name, "slo_k": float(k), "slo_ms": slo, **run_zoo_policy(z, arrivals, idx, slo, lambda n=name, t=tuned: _policy(n, spec, t))}
+            if name == "static-tuned":
+                row["settings"] = tuned
+            results.append(row)
+            if progress:
+                progress(len(arrivals))
+    z.executor.close()
+    return {
+        "workload": workload,
+        "mode": "engine",
+        "load": spec.load,
+        "seed": spec.seed,
+        "arrival": spec.arrival,
+        "max_batch": spec.max_batch,
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+        "results": results,
+        "profile": {"solo_p99_ms": z.p99_ms, "capacity_rps": z.capacity_rps, "warmup_compile_ms": z.compile_ms, "shape_mix": z.shape_mix},
+        "compiles_while_serving": int(sum(r["compiles_while_serving"] for r in results)),
+        "warm_shapes": results[-1]["warm_shapes"] if results else [],
+    }
+
+
+__all__ = ["ZOO_WORKLOADS", "engine_trace_report", "engine_zoo_report", "replay", "run_trace_policy", "setup_zoo"]

@@ -1,0 +1,848 @@
+"""The HTTP front end: a Starlette app around one live :class:`orloj_jax.engine.Engine`.
+
+    app = create_app(factory, ServerConfig())       # factory() -> Backend
+    uvicorn.run(app, loop="uvloop", http="httptools")
+
+Start-up (the lifespan): the injected ``factory`` runs in a worker thread and returns a
+:class:`Backend` (served models, scheduler, executor: this is where checkpoints load);
+every shape listed in ``Backend.warm_shapes`` is then compiled through the executor and
+marked warm in the scheduler's latency model; only then is the engine started and
+``/health/ready`` true. Meanwhile ``/health/live`` answers, and inference answers 503
+``not_ready``. With ``ServerConfig.wait_ready`` the lifespan waits for all that before
+the server accepts connections (and a failing factory aborts start-up).
+
+A request (``POST /v1/models/{model}/infer``): negotiate the encoding, look the model
+up in the registry (a name is never used as a path), read the body under the size
+limit, decode (msgpack with limits, or JSON), validate every field, preprocess into
+items, submit one engine ``Request`` per item, await the futures (cancelling queued
+items if the client disconnects), encode the answer. Every error is an
+:class:`server.errors.ApiError` turned into ``{"code", "message"}`` by one handler.
+
+The executor is wrapped in :class:`server.metrics.MeteredExecutor` so that every batch
+and compile lands in the app's own Prometheus registry (``GET /metrics``).
+See docs/api.md for the wire format and the error table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from orloj_jax.engine import Engine, EngineClosed, perf_ms
+from orloj_jax.executor import Executor
+from orloj_jax.request import Outcome
+from orloj_jax.request import Request as EngineRequest
+from orloj_jax.scheduler import Scheduler
+
+from .codec import (
+    CONTENT_TYPES,
+    DecodeLimits,
+    accept_format,
+    decode_body,
+    encode_body,
+    media_format,
+    to_wire,
+)
+from .errors import ApiError
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import MeteredExecutor, Metrics
+
+log = logging.getLogger("orloj.server")
+
+# ----------------------------------------------------------------------------- configuration
+
+#: dtypes an array input may declare (little-endian on the wire).
+DEFAULT_DTYPES = ("float16", "float32", "float64", "uint8", "uint16", "int8", "int16", "int32",
+                  "int64")
+TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+#: suffix of the latency class of requests sent with ``early_exit=False`` (they follow
+#: another execution-time distribution than the same tag with early exit).
+NO_EXIT_SUFFIX = "#full"
+INFER_FIELDS = frozenset({"inputs", "slo_ms", "tag", "id", "early_exit"})
+ARRAY_FIELDS = ("dtype", "shape", "data")
+
+
+@dataclass(frozen=True)
+class TextInput:
+    """Inputs are strings (one item each)."""
+
+    max_chars: int = 20_000
+    kind: ClassVar[str] = "text"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "max_chars": self.max_chars}
+
+
+@dataclass(frozen=True)
+class ArrayInput:
+    """Inputs are n-d arrays ``{"dtype", "shape", "data"}`` (one item each).
+
+    ``shapes`` are the accepted item shapes; every accepted array is reshaped to
+    ``canonical`` (default ``shapes[0]``) and cast to ``float32`` before preprocessing.
+    """
+
+    shapes: tuple[tuple[int, ...], ...]
+    canonical: tuple[int, ...] | None = None
+    dtypes: tuple[str, ...] = DEFAULT_DTYPES
+    kind: ClassVar[str] = "array"
+
+    def __post_init__(self) -> None:
+        shapes = tuple(tuple(int(d) for d in s) for s in self.shapes)
+        if not shapes:
+            raise ValueError("ArrayInput needs at least one accepted shape")
+        canon = tuple(self.canonical) if self.canonical is not None else shapes[0]
+        n = math.prod(canon)
+        if any(math.prod(s) != n for s in shapes):
+            raise ValueError(f"every accepted shape must hold {n} elements: {shapes}")
+        for d in self.dtypes:
+            np.dtype(d)
+        object.__setattr__(self, "shapes", shapes)
+        object.__setattr__(self, "canonical", canon)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "shapes": [list(s) for s in self.shapes],
+                "dtypes": list(self.dtypes)}
+
+
+@dataclass
+class ServedModel:
+    """One served model as the front end sees it.
+
+    ``model`` needs ``preprocess(list) -> list[item]`` (items with ``.size``); for a
+    :class:`models.base.StagedModel` its ``exit_stages`` / ``num_stages`` are reported.
+    """
+
+    name: str
+    model: Any
+    input: TextInput | ArrayInput
+    default_slo_ms: float
+    default_tag: str = "default"
+    preprocess_in_thread: bool = False  # True for tokenizers and other slow host work
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.default_slo_ms) and self.default_slo_ms > 0):
+            raise ValueError(f"{self.name}: default_slo_ms must be finite and > 0")
+        if not TAG_RE.fullmatch(self.default_tag):
+            raise ValueError(f"{self.name}: bad default tag {self.default_tag!r}")
+
+
+@dataclass
+class Backend:
+    """What the injected factory returns; the app builds the Engine around it."""
+
+    models: Mapping[str, ServedModel]
+    scheduler: Scheduler
+    executor: Executor
+    policy: str
+    #: (batch bucket, shape bucket) pairs per model, compiled before the server is ready.
+    warm_shapes: Mapping[str, Sequence[tuple[int, int]]] = field(default_factory=dict)
+    clock: Callable[[], float] = perf_ms
+
+    def validate(self) -> None:
+        if not self.models:
+            raise ValueError("Backend serves no model")
+        for name, sm in self.models.items():
+            if sm.name != name:
+                raise ValueError(f"Backend.models[{name!r}] is named {sm.name!r}")
+            if name not in self.scheduler.models:
+                raise ValueError(f"model {name!r} has no ModelSpec in the scheduler")
+        for name in self.warm_shapes:
+            if name not in self.models:
+                raise ValueError(f"warm_shapes names unknown model {name!r}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    max_body_bytes: int = 8 << 20
+    max_items: int = 64  # items per request
+    max_slo_ms: float = 600_000.0
+    max_tag_len: int = 64
+    max_id_len: int = 128
+    max_tags_per_model: int = 64  # each tag is a latency class: bounded, never client-driven
+    retry_after_s: int = 1
+    not_ready_retry_after_s: int = 5
+    drain_timeout_s: float = 30.0
+    wait_ready: bool = False  # lifespan start-up waits for load + warm-up
+    decode: DecodeLimits | None = None  # default: derived from max_body_bytes
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1 or self.max_items < 1 or self.max_tags_per_model < 1:
+            raise ValueError("max_body_bytes, max_items and max_tags_per_model must be >= 1")
+        if not (math.isfinite(self.max_slo_ms) and self.max_slo_ms > 0):
+            raise ValueError("max_slo_ms must be finite and > 0")
+
+    def limits(self) -> DecodeLimits:
+        if self.decode is not None:
+            return self.decode
+        return DecodeLimits(max_buffer_size=self.max_body_bytes,
+                            max_str_len=min(self.max_body_bytes, 1 << 20),
+                            max_bin_len=self.max_body_bytes)
+
+
+# ----------------------------------------------------------------------------- app state
+
+SUCCESS = (Outcome.ON_TIME, Outcome.LATE)
+
+
+class AppState:
+    """Start-up phase, backend, engine and per-app registries."""
+
+    def __init__(self, factory: Callable[[], Backend], config: ServerConfig):
+        self.factory = factory
+        self.config = config
+        self.limits = config.limits()
+        self.metrics = Metrics()
+        self.metrics.bind_state(self._gauges)
+        self.backend: Backend | None = None
+        self.executor: MeteredExecutor | None = None
+        self.engine: Engine | None = None
+        self.phase = "starting"  # loading, warming, ready, failed, stopping
+        self.error: str | None = None
+        self.stopping = False
+        self.warm_total = 0
+        self.warm_done = 0
+        self.tags: dict[str, set[str]] = {}
+        self.policy_info: dict[str, Any] = {}
+
+    @property
+    def ready(self) -> bool:
+        return self.phase == "ready" and self.engine is not None and self.engine.alive
+
+    # -- start-up / shutdown ------------------------------------------------
+    async def startup(self) -> None:
+        try:
+            self.phase = "loading"
+            backend = await asyncio.to_thread(self.factory)
+            backend.validate()
+            self.backend = backend
+            self.executor = MeteredExecutor(backend.executor, self.metrics)
+            self.tags = {name: {sm.default_tag} for name, sm in backend.models.items()}
+            try:
+                self.policy_info = dict(backend.scheduler.policy.describe())
+            except Exception:  # describe is informative only
+                self.policy_info = {"policy": backend.policy}
+            self.phase = "warming"
+            await asyncio.to_thread(self._warm, backend, self.executor)
+            engine = Engine(backend.scheduler, self.executor, clock=backend.clock)
+            engine.start()
+            self.engine = engine
+            self.phase = "ready"
+            log.info("orloj server ready: models %s, policy %s", sorted(backend.models), backend.policy)
+        except BaseException as e:
+            self.phase = "failed"
+            self.error = f"{type(e).__name__}: {e}"
+            if self.executor is not None and self.engine is None:
+                with contextlib.suppress(Exception):
+                    self.executor.close()
+            if not isinstance(e, Exception) or self.config.wait_ready:
+                raise
+            log.exception("orloj server start-up failed")
+
+    def _warm(self, backend: Backend, ex: Executor) -> None:
+        lat = backend.scheduler.latency
+        shapes = [(m, int(bb), int(sb)) for m, lst in backend.warm_shapes.items() for bb, sb in lst]
+        self.warm_total = len(shapes)
+        for model, bb, sb in shapes:
+            if self.stopping:
+                raise RuntimeError("server stopped during warm-up")
+            ms = ex.warm(model, bb, sb)
+            if ms > 0:
+                lat.observe_compile(model, bb, sb, ms)
+            else:
+                lat.mark_warm(model, bb, sb)
+            self.warm_done += 1
+
+    async def shutdown(self, startup: asyncio.Task) -> None:
+        self.stopping = True
+        if self.phase != "failed":
+            self.phase = "stopping"
+        if not startup.done():
+            with contextlib.suppress(BaseException):
+                await startup  # a warm-up thread cannot be interrupted mid-compile
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.shutdown, True, self.config.drain_timeout_s)
+        elif self.executor is not None:
+            with contextlib.suppress(Exception):
+                self.executor.close()
+
+    # -- queries --------------------------------------------------------------
+    def warm_shapes(self, model: str) -> list[list[int]]:
+        assert self.backend is not None and self.executor is not None
+        spec = self.backend.scheduler.models[model]
+        return [[bb, sb] for sb in spec.shape_buckets for bb in spec.batch_buckets
+                if self.executor.is_warm(model, bb, sb)]
+
+    def _gauges(self) -> dict[str, Any]:
+        eng = self.engine
+        warm = {}
+        if self.backend is not None and self.executor is not None:
+            for name in self.backend.models:
+                with contextlib.suppress(Exception):
+                    warm[name] = len(self.warm_shapes(name))
+        return {
+            "queue_depth": eng.queue_depth() if eng is not None else 0,
+            "ready": self.ready,
+            "alive": eng is not None and eng.alive,
+            "warm_shapes": warm,
+        }
+
+    def require_ready(self, check_alive: bool = True) -> tuple[Backend, Engine]:
+        """Backend and engine once ready; ``check_alive=False`` leaves a dead or closing
+        engine to ``Engine.submit`` (EngineClosed -> shutting_down)."""
+        if self.ready or (not check_alive and self.phase == "ready" and self.engine is not None):
+            assert self.backend is not None and self.engine is not None
+            return self.backend, self.engine
+        if self.phase == "stopping":
+            raise ApiError("shutting_down", "the server is shutting down",
+                           headers={"Retry-After": str(self.config.retry_after_s)})
+        raise ApiError("not_ready", self.not_ready_message(), details=self.progress(),
+                       headers={"Retry-After": str(self.config.not_ready_retry_after_s)})
+
+    def require_backend(self) -> Backend:
+        if self.backend is None:
+            raise ApiError("not_ready", self.not_ready_message(), details=self.progress(),
+                           headers={"Retry-After": str(self.config.not_ready_retry_after_s)})
+        return self.backend
+
+    def progress(self) -> dict[str, Any]:
+        return {"phase": self.phase, "warmed": self.warm_done, "to_warm": self.warm_total}
+
+    def not_ready_message(self) -> str:
+        if self.phase == "failed":
+            return f"start-up failed: {self.error}"
+        if self.phase == "ready":  # but the engine's thread is gone
+            return "the engine's device thread is not running"
+        if self.phase == "warming":
+            return f"compiling shapes: {self.warm_done}/{self.warm_total} done"
+        return f"server is {self.phase}"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _short(v: Any, n: int = 60) -> str:
+    s = repr(v)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _tname(v: Any) -> str:
+    return type(v).__name__
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) as soon as it is known to exceed ``limit`` bytes."""
+    cl = request.headers.get("content-length")
+    if cl is not None:
+        try:
+            n = int(cl)
+        except ValueError:
+            raise ApiError("bad_body", f"bad Content-Length {_short(cl)}") from None
+        if n > limit:
+            raise ApiError("body_too_large", f"body of {n} bytes exceeds the limit of {limit} bytes",
+                           details={"limit": limit})
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise ApiError("body_too_large", f"body exceeds the limit of {limit} bytes",
+                           details={"limit": limit})
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _wait_disconnect(request: Request) -> None:
+    """Returns once the client has gone (call only after the body was read)."""
+    while True:
+        msg = await request.receive()
+        if msg["type"] == "http.disconnect":
+            return
+
+
+@dataclass
+class InferCall:
+    inputs: list[Any]
+    slo_ms: float
+    tag: str
+    id: str | int | None
+    early_exit: bool
+
+
+def parse_infer(obj: Any, served: ServedModel, config: ServerConfig) -> InferCall:
+    """Validate a decoded body; raise ApiError naming the field and the offending value."""
+    if not isinstance(obj, dict):
+        raise ApiError("bad_body", f"the body must be a map, got {_tname(obj)}")
+    unknown = sorted(str(k) for k in obj if k not in INFER_FIELDS)
+    if unknown:
+        raise ApiError("unknown_field", f"unknown field(s) {unknown}; allowed: {sorted(INFER_FIELDS)}",
+                       field=unknown[0])
+    if "inputs" not in obj:
+        raise ApiError("missing_field", "field 'inputs' is required", field="inputs")
+    raw = obj["inputs"]
+    if isinstance(raw, list):
+        items = raw
+    elif (isinstance(raw, str) and served.input.kind == "text") or (
+            isinstance(raw, dict) and served.input.kind == "array"):
+        items = [raw]
+    else:
+        want = "a string or a list of strings" if served.input.kind == "text" else \
+            "an array map {dtype, shape, data} or a list of them"
+        raise ApiError("invalid_field", f"'inputs' must be {want}, got {_tname(raw)}", field="inputs")
+    if not items:
+        raise ApiError("empty_inputs", "'inputs' is empty", field="inputs")
+    if len(items) > config.max_items:
+        raise ApiError("too_many_items", f"'inputs' has {len(items)} items; at most {config.max_items}",
+                       field="inputs", details={"limit": config.max_items})
+    if served.input.kind == "text":
+        inputs = [_check_text(v, f"inputs[{i}]", served.input) for i, v in enumerate(items)]
+    else:
+        inputs = [_check_array(v, f"inputs[{i}]", served.input) for i, v in enumerate(items)]
+
+    slo = obj.get("slo_ms", served.default_slo_ms)
+    if not _is_number(slo):
+        raise ApiError("invalid_field", f"'slo_ms' must be a number, got {_tname(slo)} {_short(slo)}",
+                       field="slo_ms")
+    slo = float(slo)
+    if not math.isfinite(slo) or slo <= 0 or slo > config.max_slo_ms:
+        raise ApiError("invalid_field",
+                       f"'slo_ms' must be finite, > 0 and <= {config.max_slo_ms:g}, got {slo!r}",
+                       field="slo_ms")
+    tag = obj.get("tag", served.default_tag)
+    if not isinstance(tag, str) or len(tag) > config.max_tag_len or not TAG_RE.fullmatch(tag):
+        raise ApiError("invalid_field",
+                       f"'tag' must be 1-{config.max_tag_len} characters of [A-Za-z0-9_.:-] "
+                       f"starting with a letter or digit, got {_short(tag)}", field="tag")
+    rid = obj.get("id")
+    ok_str = isinstance(rid, str) and len(rid) <= config.max_id_len
+    ok_int = isinstance(rid, int) and not isinstance(rid, bool) and -(2**63) <= rid < 2**63
+    if rid is not None and not (ok_str or ok_int):
+        raise ApiError("invalid_field",
+                       f"'id' must be a string of at most {config.max_id_len} characters or a 64-bit "
+                       f"integer, got {_tname(rid)} {_short(rid)}", field="id")
+    ee = obj.get("early_exit", True)
+    if not isinstance(ee, bool):
+        raise ApiError("invalid_field", f"'early_exit' must be a boolean, got {_tname(ee)} {_short(ee)}",
+                       field="early_exit")
+    return InferCall(inputs, slo, tag, rid, ee)
+
+
+def _check_text(v: Any, where: str, spec: TextInput) -> str:
+    if not isinstance(v, str):
+        raise ApiError("invalid_field", f"'{where}' must be a string, got {_tname(v)} {_short(v)}", field=where)
+    if len(v) > spec.max_chars:
+        raise ApiError("invalid_value", f"'{where}' has {len(v)} characters; at most {spec.max_chars}",
+                       field=where)
+    return v
+
+
+def _check_nested(data: Any, shape: tuple[int, ...], where: str, integer: bool) -> None:
+    """``data`` must be nested lists of exactly ``shape``, with number leaves."""
+    stack = [(data, 0, where)]
+    while stack:
+        d, depth, path = stack.pop()
+        if depth == len(shape):
+            if not _is_number(d):
+                raise ApiError("invalid_value", f"'{path}' must be a number, got {_tname(d)} {_short(d)}",
+                               field=path)
+            if integer and not isinstance(d, int):
+                raise ApiError("invalid_value", f"'{path}' must be an integer for an integer dtype, got {d!r}",
+                               field=path)
+            continue
+        if not isinstance(d, list) or len(d) != shape[depth]:
+            got = f"a list of {len(d)}" if isinstance(d, list) else _tname(d)
+            raise ApiError("invalid_shape", f"'{path}' must be a list of {shape[depth]} (shape {list(shape)}), "
+                           f"got {got}", field=path)
+        stack.extend((x, depth + 1, f"{path}[{i}]") for i, x in enumerate(d))
+
+
+def _check_array(v: Any, where: str, spec: ArrayInput) -> np.ndarray:
+    if not isinstance(v, dict):
+        raise ApiError("invalid_field", f"'{where}' must be an array map {{dtype, shape, data}}, "
+                       f"got {_tname(v)}", field=where)
+    extra = sorted(str(k) for k in v if k not in ARRAY_FIELDS)
+    if extra:
+        raise ApiError("unknown_field", f"'{where}' has unknown field(s) {extra}; allowed: {list(ARRAY_FIELDS)}",
+                       field=f"{where}.{extra[0]}")
+    for k in ARRAY_FIELDS:
+        if k not in v:
+            raise ApiError("missing_field", f"'{where}.{k}' is required", field=f"{where}.{k}")
+    dtype, shape, data = v["dtype"], v["shape"], v["data"]
+    if not isinstance(dtype, str) or dtype not in spec.dtypes:
+        raise ApiError("invalid_dtype", f"'{where}.dtype' {_short(dtype)} is not accepted; "
+                       f"accepted: {list(spec.dtypes)}", field=f"{where}.dtype")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise ApiError("invalid_shape", f"'{where}.shape' must be a list of integers, got {_short(shape)}",
+                       field=f"{where}.shape")
+    shp = tuple(shape)
+    if shp not in spec.shapes:
+        raise ApiError("invalid_shape", f"'{where}.shape' {list(shp)} is not accepted; accepted: "
+                       f"{[list(s) for s in spec.shapes]}", field=f"{where}.shape")
+    dt = np.dtype(dtype).newbyteorder("<")
+    if isinstance(data, bytes):
+        need = math.prod(shp) * dt.itemsize
+        if len(data) != need:
+            raise ApiError("invalid_shape", f"'{where}.data' has {len(data)} bytes; shape {list(shp)} of "
+                           f"{dtype} needs {need}", field=f"{where}.data")
+        arr = np.frombuffer(data, dtype=dt).reshape(shp)
+    elif isinstance(data, list):
+        integer = dt.kind in "iu"
+        _check_nested(data, shp, f"{where}.data", integer)
+        if integer:
+            info = np.iinfo(dt)
+            if any(not info.min <= x <= info.max for x in np.asarray(data, dtype=object).ravel()):
+                raise ApiError("invalid_value", f"'{where}.data' has values outside {dtype}'s range "
+                               f"[{info.min}, {info.max}]", field=f"{where}.data")
+        with np.errstate(over="ignore"):
+            arr = np.asarray(data, dtype=dt.newbyteorder("=")).reshape(shp)
+    else:
+        raise ApiError("invalid_field", f"'{where}.data' must be bytes or a nested list, got {_tname(data)}",
+                       field=f"{where}.data")
+    if dt.kind == "f" and not np.isfinite(arr).all():
+        raise ApiError("invalid_value", f"'{where}.data' holds NaN or infinite values (or values beyond "
+                       f"{dtype}'s range)", field=f"{where}.data")
+    with np.errstate(over="ignore"):
+        arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ApiError("invalid_value", f"'{where}.data' holds values outside the float32 range",
+                       field=f"{where}.data")
+    return arr.reshape(spec.canonical)
+
+
+def _outcome_error(reqs: Sequence[EngineRequest], config: ServerConfig) -> ApiError:
+    """The answer for a request whose items did not all succeed (worst item decides)."""
+    details = {"items": [{"status": str(r.outcome), "reason": r.reason} for r in reqs]}
+    by = {o: [r for r in reqs if r.outcome is o] for o in Outcome}
+    retry = {"Retry-After": str(config.retry_after_s)}
+    if by[Outcome.FAILED]:
+        r = by[Outcome.FAILED][0]
+        return ApiError("execution_failed", f"the executor failed: {r.reason[:500]}", details=details)
+    shutdown = [r for r in by[Outcome.CANCELLED] if r.reason == "shutdown"]
+    if shutdown:
+        return ApiError("shutting_down", "the engine shut down before the request ran",
+                        details=details, headers=retry)
+    if by[Outcome.REJECTED]:
+        return ApiError("queue_full", "the scheduler's queue is full; retry later", details=details,
+                        headers=retry)
+    if by[Outcome.DROPPED]:
+        r = by[Outcome.DROPPED][0]
+        return ApiError("deadline_unmeetable",
+                        f"dropped by the scheduler ({r.reason or 'dropped'}): the {r.slo_ms:g} ms SLO "
+                        "could not be met", details=details)
+    if by[Outcome.TIMED_OUT]:
+        return ApiError("queue_timeout", "the queue timeout expired before the request ran", details=details)
+    return ApiError("cancelled", "the request was cancelled", details=details)
+
+
+# ----------------------------------------------------------------------------- routes
+
+
+def _fmt(request: Request) -> str:
+    """Answer encoding: Accept if it names msgpack/JSON, else the body's, else JSON."""
+    return (accept_format(request.headers.get("accept"))
+            or media_format(request.headers.get("content-type")) or "json")
+
+
+def _respond(request: Request, obj: Any, status: int = 200, headers: dict[str, str] | None = None,
+             fmt: str | None = None) -> Response:
+    fmt = fmt or _fmt(request)
+    body = encode_body(to_wire(obj, fmt == "msgpack"), fmt)
+    return Response(body, status_code=status, headers=headers, media_type=CONTENT_TYPES[fmt])
+
+
+def _state(request: Request) -> AppState:
+    return request.app.state.orloj
+
+
+def _served(backend: Backend, name: str) -> ServedModel:
+    served = backend.models.get(name)
+    if served is None:
+        raise ApiError("unknown_model", f"model {_short(name)} is not served; served: {sorted(backend.models)}",
+                       details={"models": sorted(backend.models)})
+    return served
+
+
+async def infer(request: Request) -> Response:
+    state = _state(request)
+    name = request.path_params["model"]
+    label = "_unknown"  # metric label: never a client-chosen string
+    t_start = perf_ms()
+    try:
+        backend, engine = state.require_ready(check_alive=False)
+        served = _served(backend, name)
+        label = name
+        fmt_in = media_format(request.headers.get("content-type"))
+        if fmt_in is None:
+            raise ApiError("unsupported_media_type",
+                           f"Content-Type {_short(request.headers.get('content-type'))} is not accepted; "
+                           "send application/msgpack or application/json")
+        try:
+            body = await _read_body(request, state.config.max_body_bytes)
+        except ClientDisconnect:
+            state.metrics.http.labels(label, "499", "cancelled").inc()
+            return Response(status_code=499)
+        resp = await _infer(request, state, backend, engine, served, body, fmt_in)
+        state.metrics.http.labels(label, str(resp.status_code), "ok" if resp.status_code == 200 else "cancelled").inc()
+        state.metrics.latency.labels(label).observe((perf_ms() - t_start) / 1000.0)
+        return resp
+    except ApiError as e:
+        state.metrics.http.labels(label, str(e.status), e.code).inc()
+        raise
+    except Exception as e:  # a bug (or an engine crash): answered 500, logged with its traceback
+        log.exception("inference on %s failed", label)
+        state.metrics.http.labels(label, "500", "internal_error").inc()
+        raise ApiError("internal_error", f"internal error: {type(e).__name__}") from e
+
+
+async def _infer(request: Request, state: AppState, backend: Backend, engine: Engine,
+                 served: ServedModel, body: bytes, fmt_in: str) -> Response:
+    t0 = engine.now()
+    call = parse_infer(decode_body(body, fmt_in, state.limits), served, state.config)
+    name = served.name
+    try:
+        if served.preprocess_in_thread:
+            items = await asyncio.to_thread(served.model.preprocess, call.inputs)
+        else:
+            items = served.model.preprocess(call.inputs)
+    except (ValueError, TypeError) as e:
+        raise ApiError("invalid_value", f"'inputs' could not be preprocessed: {e}", field="inputs") from None
+    spec = backend.scheduler.models[name]
+    for i, it in enumerate(items):
+        try:
+            spec.shape_bucket(int(it.size))
+        except ValueError:
+            raise ApiError("input_too_large", f"'inputs[{i}]' has size {it.size}; the largest shape bucket "
+                           f"of {name!r} is {spec.shape_buckets[-1]}", field=f"inputs[{i}]") from None
+    tags = state.tags.setdefault(name, set())
+    if call.tag not in tags:
+        if len(tags) >= state.config.max_tags_per_model:
+            raise ApiError("too_many_tags", f"model {name!r} already has {len(tags)} tags, the limit; "
+                           f"tag {call.tag!r} is new", field="tag",
+                           details={"limit": state.config.max_tags_per_model})
+        tags.add(call.tag)
+    exits = getattr(served.model, "exit_stages", None)
+    can_exit_early = exits is None or len(tuple(exits)) > 1
+    ltag = call.tag if call.early_exit or not can_exit_early else call.tag + NO_EXIT_SUFFIX
+    opts = {"early_exit": call.early_exit}
+    reqs = [EngineRequest(name, ltag, t0, t0 + call.slo_ms, size=int(it.size), payload=(it, opts))
+            for it in items]
+    futs = []
+    try:
+        for r in reqs:
+            futs.append(engine.submit(r))
+            if r.outcome is Outcome.REJECTED:
+                break
+    except EngineClosed as e:
+        for r in reqs[: len(futs)]:
+            engine.cancel(r)
+        raise ApiError("shutting_down", str(e), headers={"Retry-After": str(state.config.retry_after_s)}) from None
+    rejected = reqs[len(futs) - 1]
+    if rejected.outcome is Outcome.REJECTED:  # refused at admission: give back the queued ones
+        for r in reqs[: len(futs)]:
+            engine.cancel(r)
+            if r.outcome is not None:
+                state.metrics.outcome(name, r.outcome)
+        raise ApiError("queue_full", "the scheduler's queue is full; retry later",
+                       headers={"Retry-After": str(state.config.retry_after_s)},
+                       details={"queue_depth": engine.queue_depth(), "reason": rejected.reason})
+
+    gone = await _await_items(request, engine, reqs, futs)
+    for r in reqs:
+        if r.outcome is not None:
+            state.metrics.outcome(name, r.outcome)
+            if r.start_ms is not None:
+                state.metrics.queue.labels(name).observe(max(0.0, r.start_ms - r.arrival_ms) / 1000.0)
+                if r.finish_ms is not None and r.outcome in SUCCESS:
+                    state.metrics.run.labels(name).observe(max(0.0, r.finish_ms - r.start_ms) / 1000.0)
+    if gone:
+        return Response(status_code=499)
+    if any(r.outcome not in SUCCESS for r in reqs):
+        raise _outcome_error(reqs, state.config)
+
+    fmt = _fmt(request)
+    answer = {
+        "id": call.id,
+        "model": name,
+        "status": "on_time" if all(r.outcome is Outcome.ON_TIME for r in reqs) else "late",
+        "outputs": [r.output for r in reqs],
+        "exit": [r.exit_index for r in reqs],
+        "item_status": [str(r.outcome) for r in reqs],
+        "slo_ms": call.slo_ms,
+        "tag": call.tag,
+        "timing": {
+            "queue_ms": max(r.start_ms - r.arrival_ms for r in reqs),
+            "run_ms": max(r.finish_ms - r.start_ms for r in reqs),
+            "total_ms": engine.now() - t0,
+        },
+    }
+    try:
+        return _respond(request, answer, fmt=fmt)
+    except (TypeError, ValueError) as e:
+        log.exception("cannot encode the answer of %s", name)
+        raise ApiError("internal_error", f"cannot encode the model's output: {e}") from None
+
+
+async def _await_items(request: Request, engine: Engine, reqs: list[EngineRequest],
+                       futs: list) -> bool:
+    """Wait for every item; True if the client went away first (queued items cancelled).
+
+    Once one item ends without success the request will be answered with an error, so
+    the items still queued are cancelled instead of spending device time on them.
+    """
+    # never cancel these wrappers: that would cancel the engine's concurrent futures under it
+    pending: set[asyncio.Future] = {asyncio.wrap_future(f) for f in futs}
+    disc = asyncio.ensure_future(_wait_disconnect(request))
+    failed = False
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending | {disc}, return_when=asyncio.FIRST_COMPLETED)
+            if disc in done:
+                for r in reqs:
+                    engine.cancel(r)
+                return True
+            for w in done:
+                pending.discard(w)
+                r = w.result()  # an engine crash raises here -> internal_error
+                if r.outcome not in SUCCESS and not failed:
+                    failed = True
+                    for other in reqs:
+                        if other is not r:
+                            engine.cancel(other)
+        return False
+    except asyncio.CancelledError:  # the server cancelled the handler (shutdown timeout)
+        for r in reqs:
+            engine.cancel(r)
+        raise
+    finally:
+        disc.cancel()
+
+
+async def list_models(request: Request) -> Response:
+    state = _state(request)
+    backend = state.require_backend()
+    return _respond(request, {
+        "policy": backend.policy,
+        "models": [{"name": n, "input": sm.input.describe(), "default_slo_ms": sm.default_slo_ms,
+                    "default_tag": sm.default_tag} for n, sm in sorted(backend.models.items())],
+    })
+
+
+async def model_info(request: Request) -> Response:
+    state = _state(request)
+    backend = state.require_backend()
+    served = _served(backend, request.path_params["model"])
+    spec = backend.scheduler.models[served.name]
+    m = served.model
+    return _respond(request, {
+        "name": served.name,
+        "input": served.input.describe(),
+        "default_slo_ms": served.default_slo_ms,
+        "default_tag": served.default_tag,
+        "batch_buckets": list(spec.batch_buckets),
+        "shape_buckets": list(spec.shape_buckets),
+        "num_stages": getattr(m, "num_stages", None),
+        "exit_stages": list(getattr(m, "exit_stages", ()) or ()),
+        "warm_shapes": state.warm_shapes(served.name) if state.executor is not None else [],
+        "tags": sorted(state.tags.get(served.name, ())),
+        "policy": dict(state.policy_info) or {"policy": backend.policy},
+    })
+
+
+async def health_live(request: Request) -> Response:
+    state = _state(request)
+    eng = state.engine
+    if state.phase == "failed":
+        raise ApiError("not_live", f"start-up failed: {state.error}", details=state.progress())
+    if eng is not None and not eng.alive and state.phase == "ready":
+        raise ApiError("not_live", "the engine's device thread is not running", details=state.progress())
+    return _respond(request, {"status": "live", "phase": state.phase})
+
+
+async def health_ready(request: Request) -> Response:
+    state = _state(request)
+    state.require_ready()
+    return _respond(request, {"status": "ready", "models": sorted(state.backend.models)})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(_state(request).metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+
+# ----------------------------------------------------------------------------- error handlers
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _respond(request, exc.body(), status=exc.status, headers=exc.headers)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 400: "bad_body"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "internal_error")
+    if code == "not_found":
+        msg = f"no route for {request.method} {_short(request.url.path, 120)}"
+    elif code == "method_not_allowed":
+        msg = f"{request.method} is not allowed on this route"
+    else:
+        msg = str(exc.detail) if exc.detail else code
+    err = ApiError(code, msg)
+    return _respond(request, err.body(), status=exc.status_code, headers=dict(exc.headers or {}))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    err = ApiError("internal_error", f"internal error: {type(exc).__name__}")
+    return _respond(request, err.body(), status=500)
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def create_app(factory: Callable[[], Backend], config: ServerConfig | None = None) -> Starlette:
+    """The Starlette app. ``factory()`` runs at start-up (in a worker thread)."""
+    config = config or ServerConfig()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        state = AppState(factory, config)
+        app.state.orloj = state
+        task = asyncio.ensure_future(state.startup())
+        if config.wait_ready:
+            await task
+        try:
+            yield
+        finally:
+            await state.shutdown(task)
+
+    routes = [
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model}", model_info, methods=["GET"]),
+        Route("/v1/models/{model}/infer", infer, methods=["POST"]),
+        Route("/health/live", health_live, methods=["GET"]),
+        Route("/health/ready", health_ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error},
+    )

@@ -1,0 +1,187 @@
+"""Wire encodings shared by server and client: msgpack / JSON bodies, n-d arrays.
+
+An n-d array travels as a map ``{"dtype": "float32", "shape": [8, 8], "data": ...}``:
+``data`` is the raw little-endian C-order bytes in msgpack (a ``bin``), a nested list of
+numbers in JSON (a ``bin`` cannot be written in JSON). Both forms are accepted in both
+encodings on input; outputs use bytes in msgpack and nested lists in JSON.
+
+Decoding is for untrusted input: msgpack is unpacked with explicit limits (buffer, str,
+bin, array and map lengths), ``raw=False``, string map keys only and no ext types (not
+even the timestamp); JSON rejects ``NaN`` / ``Infinity`` (not JSON) and deep nesting.
+Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from .errors import ApiError
+
+MSGPACK = "application/msgpack"
+JSON = "application/json"
+MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"})
+JSON_TYPES = frozenset({"application/json"})
+CONTENT_TYPES = {"msgpack": MSGPACK, "json": JSON}
+
+
+def media_format(header: str | None) -> str | None:
+    """``"msgpack"`` / ``"json"`` for a Content-Type value, else None."""
+    if not header:
+        return None
+    media = header.split(";", 1)[0].strip().lower()
+    if media in MSGPACK_TYPES:
+        return "msgpack"
+    if media in JSON_TYPES or (media.startswith("application/") and media.endswith("+json")):
+        return "json"
+    return None
+
+
+def accept_format(header: str | None) -> str | None:
+    """The first msgpack / JSON media range named in an Accept header (q-values ignored)."""
+    if not header:
+        return None
+    for part in header.split(","):
+        fmt = media_format(part)
+        if fmt is not None:
+            return fmt
+    return None
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Limits for unpacking one request body (bytes / elements)."""
+
+    max_buffer_size: int = 8 << 20
+    max_str_len: int = 1 << 20
+    max_bin_len: int = 8 << 20
+    max_array_len: int = 1 << 16
+    max_map_len: int = 64
+    max_json_depth: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("max_buffer_size", "max_str_len", "max_bin_len", "max_array_len", "max_map_len",
+                     "max_json_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DecodeLimits.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack ext type {code} is not accepted")
+
+
+def decode_msgpack(body: bytes, limits: DecodeLimits) -> Any:
+    up = msgpack.Unpacker(
+        raw=False,
+        use_list=True,
+        strict_map_key=True,
+        max_buffer_size=max(1, min(limits.max_buffer_size, len(body))),
+        max_str_len=limits.max_str_len,
+        max_bin_len=limits.max_bin_len,
+        max_array_len=limits.max_array_len,
+        max_map_len=limits.max_map_len,
+        max_ext_len=0,
+        ext_hook=_no_ext,
+    )
+    try:
+        up.feed(body)
+        obj = up.unpack()
+    except msgpack.OutOfData:
+        raise ApiError("bad_body", "msgpack body is empty or truncated") from None
+    except Exception as e:  # FormatError, StackError, BufferFull, limits (ValueError), bad UTF-8
+        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise ApiError("bad_body", f"undecodable msgpack body: {why}") from None
+    if up.tell() != len(body):
+        raise ApiError("bad_body", f"msgpack body has {len(body) - up.tell()} trailing bytes")
+    if isinstance(obj, msgpack.Timestamp):  # defensive: max_ext_len=0 already refuses it
+        raise ApiError("bad_body", "msgpack ext types are not accepted")
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_depth(obj: Any, limit: int) -> None:
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict | list):
+            if d > limit:
+                raise ValueError(f"nesting deeper than {limit}")
+            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+
+
+def decode_json(body: bytes, limits: DecodeLimits) -> Any:
+    try:
+        obj = json.loads(body, parse_constant=_reject_constant)
+        _json_depth(obj, limits.max_json_depth)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError included
+        raise ApiError("bad_body", f"undecodable JSON body: {e}") from None
+    return obj
+
+
+def decode_body(body: bytes, fmt: str, limits: DecodeLimits) -> Any:
+    return decode_msgpack(body, limits) if fmt == "msgpack" else decode_json(body, limits)
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def array_to_wire(arr: np.ndarray, binary: bool) -> dict[str, Any]:
+    """An ndarray as ``{"dtype", "shape", "data"}`` (bytes if ``binary``, else nested lists)."""
+    a = np.asarray(arr)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"cannot send an array of dtype {a.dtype}")
+    a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+    data: Any = a.tobytes() if binary else a.tolist()
+    return {"dtype": a.dtype.name, "shape": list(a.shape), "data": data}
+
+
+def is_wire_array(obj: Any) -> bool:
+    return isinstance(obj, dict) and set(obj) == {"dtype", "shape", "data"}
+
+
+def wire_to_array(obj: dict[str, Any]) -> np.ndarray:
+    """Inverse of :func:`array_to_wire` for trusted data (the client decoding answers)."""
+    dt = np.dtype(obj["dtype"]).newbyteorder("<")
+    shape = tuple(int(s) for s in obj["shape"])
+    data = obj["data"]
+    if isinstance(data, bytes | bytearray | memoryview):
+        return np.frombuffer(data, dtype=dt).reshape(shape).astype(dt.newbyteorder("="))
+    return np.asarray(data, dtype=dt.newbyteorder("=")).reshape(shape)
+
+
+def to_wire(obj: Any, binary: bool) -> Any:
+    """Make ``obj`` encodable: ndarrays become wire arrays, numpy scalars Python scalars."""
+    if isinstance(obj, np.ndarray):
+        return array_to_wire(obj, binary)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {str(k): to_wire(v, binary) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_wire(v, binary) for v in obj]
+    return obj
+
+
+def from_wire(obj: Any) -> Any:
+    """Inverse of :func:`to_wire` (wire arrays become ndarrays)."""
+    if is_wire_array(obj):
+        return wire_to_array(obj)
+    if isinstance(obj, dict):
+        return {k: from_wire(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_wire(v) for v in obj]
+    return obj
+
+
+def encode_body(obj: Any, fmt: str) -> bytes:
+    """``obj`` (already passed through :func:`to_wire`) as msgpack or compact JSON."""
+    if fmt == "msgpack":
+        return msgpack.packb(obj, use_bin_type=True)
+    return json.dumps(obj, allow_nan=False, separators=(",", ":")).encode()

@@ -1,0 +1,197 @@
+"""``orloj serve``: the zoo's models behind the HTTP API, on JaxExecutor + uvicorn.
+
+    from server.main import serve
+    serve(port=8000, models=("digits-ee",), policy="orloj", max_batch=8)
+
+or ``python -m server.main --models digits-ee,minilm --port 8000``. Binds 127.0.0.1
+unless told otherwise. JAX and the models are imported lazily (in the start-up
+thread), so building the parser or the app imports neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .app import ArrayInput, Backend, ServedModel, ServerConfig, TextInput, create_app
+
+DEFAULT_MODELS = ("minilm", "digits-ee", "digits-static")
+#: default SLO per zoo model (ms); any other model gets FALLBACK_SLO_MS.
+DEFAULT_SLO_MS = {"minilm": 500.0, "digits-ee": 50.0, "digits-static": 50.0}
+FALLBACK_SLO_MS = 200.0
+WARM_MODES = ("all", "batch1", "none")
+BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def batch_buckets(max_batch: int) -> tuple[int, ...]:
+    """Powers of two below ``max_batch``, then ``max_batch``: (1, 2, 4, 8) for 8."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    return tuple(b for b in BUCKETS if b < max_batch) + (max_batch,)
+
+
+def served_model(name: str, model: Any, slo_ms: float | None = None, tag: str | None = None) -> ServedModel:
+    """The front end's view of a zoo model: text (has ``tokenize``) or square images."""
+    slo = float(slo_ms if slo_ms is not None else DEFAULT_SLO_MS.get(name, FALLBACK_SLO_MS))
+    if hasattr(model, "tokenize"):
+        return ServedModel(name, model, TextInput(), slo, tag or "text", preprocess_in_thread=True)
+    s = int(model.config.image_size)
+    spec = ArrayInput(shapes=((s, s), (s * s,), (s, s, 1)), canonical=(s, s))
+    return ServedModel(name, model, spec, slo, tag or "image")
+
+
+def build_backend(
+    models: Mapping[str, Any],
+    *,
+    policy: str = "orloj",
+    policy_options: Mapping[str, Any] | None = None,
+    max_queue: int = 10_000,
+    compile_cache_dir: str | os.PathLike[str] | None = None,
+    slo_ms: Mapping[str, float] | None = None,
+    warm: str = "all",
+    executor: Any = None,
+) -> Backend:
+    """A Backend of loaded StagedModels on a JaxExecutor (or the given ``executor``)."""
+    from orloj_jax.latency import LatencyModel
+    from orloj_jax.policies import make_policy
+    from orloj_jax.scheduler import ModelSpec, Scheduler, SchedulerConfig
+
+    if warm not in WARM_MODES:
+        raise ValueError(f"warm must be one of {WARM_MODES}, got {warm!r}")
+    if executor is None:
+        from orloj_jax.jax_executor import JaxExecutor
+
+        executor = JaxExecutor(dict(models), compile_cache_dir=compile_cache_dir)
+    specs = [ModelSpec(name, tuple(m.batch_buckets), tuple(m.shape_buckets)) for name, m in models.items()]
+    sched = Scheduler(make_policy(policy, **dict(policy_options or {})), specs, LatencyModel(),
+                      SchedulerConfig(max_queue=max_queue))
+    slo_ms = dict(slo_ms or {})
+    served = {name: served_model(name, m, slo_ms.get(name)) for name, m in models.items()}
+    shapes: dict[str, list[tuple[int, int]]] = {}
+    for name, m in models.items():
+        bbs = {"all": list(m.batch_buckets), "batch1": [m.batch_buckets[0]], "none": []}[warm]
+        shapes[name] = [(int(bb), int(sb)) for sb in m.shape_buckets for bb in bbs]
+    return Backend(served, sched, executor, policy, warm_shapes=shapes)
+
+
+def zoo_factory(
+    models: Sequence[str] = DEFAULT_MODELS,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    max_batch: int = 8,
+    **backend_options: Any,
+) -> Callable[[], Backend]:
+    """A factory (for :func:`server.app.create_app`) loading the named zoo checkpoints."""
+    names = list(dict.fromkeys(models))
+    if not names:
+        raise ValueError("no model to serve")
+    buckets = batch_buckets(max_batch)
+
+    def factory() -> Backend:
+        from models import load_model
+
+        loaded = {n: load_model(n, cache_dir=cache_dir, batch_buckets=buckets) for n in names}
+        return build_backend(loaded, **backend_options)
+
+    return factory
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    models: Sequence[str] = DEFAULT_MODELS,
+    policy: str = "orloj",
+    max_batch: int = 8,
+    compile_cache_dir: str | os.PathLike[str] | None = None,
+    max_queue: int = 10_000,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    slo_ms: Mapping[str, float] | None = None,
+    warm: str = "all",
+    policy_options: Mapping[str, Any] | None = None,
+    config: ServerConfig | None = None,
+    log_level: str = "info",
+) -> None:
+    """Load the models, warm their shapes, serve until interrupted (uvicorn, uvloop, httptools)."""
+    import uvicorn
+
+    from models import MODEL_NAMES
+    from orloj_jax.policies import policy_names
+
+    unknown = [m for m in models if m not in MODEL_NAMES]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; known: {', '.join(MODEL_NAMES)}")
+    if policy not in policy_names():
+        raise ValueError(f"unknown policy {policy!r}; known: {', '.join(policy_names())}")
+    factory = zoo_factory(models, cache_dir=cache_dir, max_batch=max_batch, policy=policy,
+                          policy_options=policy_options, max_queue=max_queue,
+                          compile_cache_dir=compile_cache_dir, slo_ms=slo_ms, warm=warm)
+    app = create_app(factory, config or ServerConfig())
+    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+                log_level=log_level, timeout_graceful_shutdown=30)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _slo_map(text: str) -> dict[str, float]:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, val = part.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected MODEL=MS, got {part!r}")
+        try:
+            ms = float(val)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: {val!r} is not a number") from None
+        if not (math.isfinite(ms) and ms > 0):
+            raise argparse.ArgumentTypeError(f"{part!r}: the SLO must be finite and > 0")
+        out[name.strip()] = ms
+    return out
+
+
+def build_parser(prog: str = "orloj serve") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="serve the zoo's models over HTTP (msgpack / JSON)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated zoo names")
+    p.add_argument("--policy", default="orloj")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-queue", type=int, default=10_000)
+    p.add_argument("--compile-cache-dir", default=None, help="JAX persistent compilation cache")
+    p.add_argument("--cache-dir", default=None, help="model checkpoint cache root")
+    p.add_argument("--slo-ms", type=_slo_map, default={}, help="default SLO per model, e.g. minilm=300,digits-ee=40")
+    p.add_argument("--warm", choices=WARM_MODES, default="all",
+                   help="shapes compiled before ready: every batch bucket, batch 1 only, or none")
+    p.add_argument("--max-body-bytes", type=int, default=ServerConfig.max_body_bytes)
+    p.add_argument("--max-items", type=int, default=ServerConfig.max_items)
+    p.add_argument("--wait-ready", action="store_true",
+                   help="accept connections only once models are loaded and warmed")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    models = [m.strip() for m in a.models.split(",") if m.strip()]
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = ServerConfig(max_body_bytes=a.max_body_bytes, max_items=a.max_items, wait_ready=a.wait_ready)
+        unknown = sorted(set(a.slo_ms) - set(models))
+        if unknown:
+            raise ValueError(f"--slo-ms names model(s) not served: {unknown}")
+        serve(a.host, a.port, models, a.policy, a.max_batch, a.compile_cache_dir, a.max_queue,
+              cache_dir=a.cache_dir, slo_ms=a.slo_ms, warm=a.warm, config=config, log_level=a.log_level)
+    except (ValueError, KeyError) as e:
+        print(f"orloj serve: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

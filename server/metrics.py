@@ -1,0 +1,182 @@
+"""Prometheus metrics of one app, in its own CollectorRegistry (never the global one).
+
+Counters and histograms are recorded where things happen: per item outcome and HTTP
+answer in the request handler, per batch in :class:`MeteredExecutor` (the executor
+wrapper the app puts around the injected executor), compiles at warm-up and in serving.
+Gauges that are state (queue depth, finish rate, readiness, warm shapes) are read at
+scrape time by a custom collector.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from orloj_jax.executor import Executor
+from orloj_jax.request import Outcome
+from orloj_jax.scheduler import Batch, BatchResult
+
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                     5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
+COMPILE_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.items = Counter("orloj_requests", "Engine requests (one per input item) by terminal outcome",
+                             ["model", "outcome"], registry=r)
+        self.http = Counter("orloj_http_responses", "Inference HTTP answers by status and code",
+                            ["model", "status", "code"], registry=r)
+        self.latency = Histogram("orloj_request_latency_seconds",
+                                 "Inference request latency: body received to answer encoded",
+                                 ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.queue = Histogram("orloj_queue_seconds", "Per item: arrival to start of its batch",
+                               ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.run = Histogram("orloj_run_seconds", "Per item: batch start to the item's answer (exit)",
+                             ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.batch_size = Histogram("orloj_batch_size", "Members per executed batch", ["model"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.batch_bucket = Histogram("orloj_batch_bucket", "Padded batch bucket per executed batch",
+                                      ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.batch_device = Histogram("orloj_batch_device_seconds",
+                                      "Device time per batch, compile included", ["model"],
+                                      buckets=LATENCY_BUCKETS_S, registry=r)
+        self.batches = Counter("orloj_batches", "Executed batches by result", ["model", "result"],
+                               registry=r)
+        self.compiles = Counter("orloj_compile_events",
+                                "Shapes compiled at warm-up, in the background, or inside a served batch",
+                                ["model", "phase"], registry=r)
+        self.compile_seconds = Histogram("orloj_compile_seconds", "Compile time per compile event",
+                                         ["model", "phase"], buckets=COMPILE_BUCKETS_S, registry=r)
+        self._lock = threading.Lock()
+        self._outcomes: dict[str, dict[str, int]] = {}
+
+    def bind_state(self, read: Callable[[], dict[str, Any]]) -> None:
+        """Register the scrape-time gauges; ``read()`` returns the app's current state."""
+        self.registry.register(_StateCollector(read, self))
+
+    def outcome(self, model: str, outcome: Outcome | str, n: int = 1) -> None:
+        o = str(outcome)
+        self.items.labels(model, o).inc(n)
+        with self._lock:
+            d = self._outcomes.setdefault(model, {})
+            d[o] = d.get(o, 0) + n
+
+    def finish_rates(self) -> dict[str, float]:
+        """Per model: items answered on time / items that reached an outcome."""
+        with self._lock:
+            return {m: d.get(Outcome.ON_TIME, 0) / total
+                    for m, d in self._outcomes.items() if (total := sum(d.values()))}
+
+    def compile_event(self, model: str, phase: str, ms: float) -> None:
+        self.compiles.labels(model, phase).inc()
+        self.compile_seconds.labels(model, phase).observe(ms / 1000.0)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector:
+    def __init__(self, read: Callable[[], dict[str, Any]], metrics: Metrics):
+        self.read = read
+        self.metrics = metrics
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        s = self.read()
+        g = GaugeMetricFamily("orloj_queue_depth", "Requests queued in the scheduler (all models)")
+        g.add_metric([], s.get("queue_depth", 0))
+        yield g
+        g = GaugeMetricFamily("orloj_finish_rate",
+                              "Items answered within their deadline / items that reached an outcome",
+                              labels=["model"])
+        for model, rate in sorted(self.metrics.finish_rates().items()):
+            g.add_metric([model], rate)
+        yield g
+        g = GaugeMetricFamily("orloj_ready", "1 once models are loaded and shapes warmed")
+        g.add_metric([], 1.0 if s.get("ready") else 0.0)
+        yield g
+        g = GaugeMetricFamily("orloj_engine_alive", "1 while the engine's device thread runs")
+        g.add_metric([], 1.0 if s.get("alive") else 0.0)
+        yield g
+        g = GaugeMetricFamily("orloj_warm_shapes", "Compiled (batch bucket, shape bucket) pairs",
+                              labels=["model"])
+        for model, n in sorted(s.get("warm_shapes", {}).items()):
+            g.add_metric([model], n)
+        yield g
+
+
+class MeteredExecutor(Executor):
+    """Wraps the injected executor: records every batch and compile, delegates the rest."""
+
+    def __init__(self, inner: Executor, metrics: Metrics):
+        self.inner = inner
+        self.metrics = metrics
+
+    def run(self, batch: Batch) -> BatchResult:
+        m = self.metrics
+        try:
+            res = self.inner.run(batch)
+        except Exception:
+            m.batches.labels(batch.model, "failed").inc()
+            raise
+        m.batches.labels(batch.model, "error" if res.error else "ok").inc()
+        m.batch_size.labels(batch.model).observe(len(batch))
+        m.batch_bucket.labels(batch.model).observe(batch.batch_bucket)
+        m.batch_device.labels(batch.model).observe(max(0.0, res.device_ms) / 1000.0)
+        if res.compile_ms > 0:
+            m.compile_event(batch.model, "serving", res.compile_ms)
+        return res
+
+    def warm(self, model: str, batch_bucket: int, shape_bucket: int = 0) -> float:
+        ms = self.inner.warm(model, batch_bucket, shape_bucket)
+        if ms > 0:
+            self.metrics.compile_event(model, "warmup", ms)
+        return ms
+
+    def is_warm(self, model: str, batch_bucket: int, shape_bucket: int = 0) -> bool:
+        return self.inner.is_warm(model, batch_bucket, shape_bucket)
+
+    def request_compile(self, model: str, batch_bucket: int, shape_bucket: int = 0) -> bool:
+        fn = getattr(self.inner, "request_compile", None)
+        return bool(fn(model, batch_bucket, shape_bucket)) if fn is not None else False
+
+    # The engine hooks background compiles by setting ``executor.on_compiled`` when the
+    # executor has that attribute set to None: forward it to the wrapped executor, and
+    # count each background compile on the way.
+    @property
+    def on_compiled(self) -> Callable[[str, int, int, float], None] | None:
+        return self.inner.on_compiled  # AttributeError when the executor has no such hook
+
+    @on_compiled.setter
+    def on_compiled(self, cb: Callable[[str, int, int, float], None] | None) -> None:
+        if cb is None:
+            self.inner.on_compiled = None
+            return
+        metrics = self.metrics
+
+        def counted(model: str, batch_bucket: int, shape_bucket: int, ms: float) -> None:
+            metrics.compile_event(model, "background", ms)
+            cb(model, batch_bucket, shape_bucket, ms)
+
+        self.inner.on_compiled = counted
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:  # e.g. JaxExecutor.request_compile
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)

@@ -1,0 +1,601 @@
+"""HTTP API (Starlette TestClient): every route and every error code, with the fake
+executor of server.testing behind the real Engine + Scheduler + policy."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from orloj_jax.request import Outcome
+from orloj_jax.request import Request as EngineRequest
+from server.app import ServerConfig, create_app
+from server.client import ERROR_CLASSES
+from server.codec import array_to_wire, from_wire
+from server.errors import ERRORS
+from server.testing import (
+    FAIL_PIXEL,
+    IMG,
+    TXT,
+    FakeExecutor,
+    expected_exit,
+    expected_output,
+    make_backend,
+)
+
+MP = "application/msgpack"
+JS = "application/json"
+RNG = np.random.default_rng(0)
+
+
+def image(dtype: str = "uint8", shape=(8, 8)) -> np.ndarray:
+    return RNG.integers(0, 17, size=shape).astype(dtype)
+
+
+def start(backend_factory=None, config: ServerConfig | None = None, **backend_kw) -> TestClient:
+    factory = backend_factory or (lambda: make_backend(**backend_kw))
+    return TestClient(create_app(factory, config or ServerConfig(wait_ready=True, max_body_bytes=16_384)))
+
+
+@pytest.fixture
+def client():
+    with start() as c:
+        yield c
+
+
+def post(c: TestClient, model: str, body, fmt: str = "msgpack", headers: dict | None = None):
+    if fmt == "msgpack":
+        content, ct = msgpack.packb(body, use_bin_type=True), MP
+    elif fmt == "json":
+        content, ct = json.dumps(body).encode(), JS
+    else:
+        content, ct = body, fmt
+    h = {"content-type": ct, **(headers or {})}
+    return c.post(f"/v1/models/{model}/infer", content=content, headers=h)
+
+
+def decode(resp):
+    ct = resp.headers["content-type"]
+    if ct.startswith(MP):
+        return msgpack.unpackb(resp.content, raw=False)
+    assert ct.startswith(JS), ct
+    return resp.json()
+
+
+def state(c: TestClient):
+    return c.app.state.orloj
+
+
+def assert_error(resp, code: str, field: str | None = None, *fragments: str) -> dict:
+    body = decode(resp)
+    assert resp.status_code == ERRORS[code][0], (resp.status_code, body)
+    assert body["code"] == code, body
+    assert isinstance(body["message"], str) and body["message"]
+    if field is not None:
+        assert body.get("field") == field, body
+        assert field.split(".")[0].split("[")[0] in body["message"], body
+    for frag in fragments:
+        assert frag in body["message"], body
+    return body
+
+
+# ----------------------------------------------------------------------------- happy paths
+
+
+def test_infer_msgpack_one_image(client):
+    x = image()
+    r = post(client, IMG, {"inputs": array_to_wire(x, True), "id": "req-1"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith(MP)
+    body = decode(r)
+    assert body["id"] == "req-1" and body["model"] == IMG and body["tag"] == "image"
+    assert body["status"] == "on_time" and body["item_status"] == ["on_time"]
+    out = from_wire(body["outputs"][0])
+    assert out.dtype == np.float32 and np.array_equal(out, expected_output(x))
+    assert body["exit"] == [expected_exit(x)]
+    assert body["slo_ms"] == 1000.0
+    t = body["timing"]
+    assert set(t) == {"queue_ms", "run_ms", "total_ms"}
+    assert all(v >= 0 and math.isfinite(v) for v in t.values())
+    assert t["total_ms"] >= t["run_ms"]
+
+
+def test_infer_several_items_all_shapes_and_forms(client):
+    xs = [image("float64", (8, 8)), image("uint8", (64,)), image("int32", (8, 8, 1)), image("float32")]
+    items = [array_to_wire(x, True) for x in xs[:3]] + [array_to_wire(xs[3], False)]  # nested list too
+    r = post(client, IMG, {"inputs": items, "slo_ms": 500, "id": 7})
+    body = decode(r)
+    assert r.status_code == 200, body
+    assert body["id"] == 7 and body["slo_ms"] == 500.0
+    outs = [from_wire(o) for o in body["outputs"]]
+    assert [o.tolist() for o in outs] == [expected_output(x).tolist() for x in xs]
+    assert body["exit"] == [expected_exit(x) for x in xs]
+
+
+def test_infer_json_text_answered_in_json(client):
+    texts = ["hello world", "one two three four five six"]  # sizes 2 and 6 -> buckets 4 and 16
+    r = post(client, TXT, {"inputs": texts, "tag": "chat", "early_exit": False}, fmt="json")
+    assert r.status_code == 200 and r.headers["content-type"].startswith(JS)
+    body = r.json()
+    assert body["tag"] == "chat" and body["exit"] == [2, 2]
+    out = body["outputs"][1]
+    assert out["dtype"] == "float32" and out["shape"] == [2] and isinstance(out["data"], list)
+    assert out["data"] == [float(sum(len(w) for w in texts[1].split())), 6.0]
+    # early_exit=False requests learn in their own latency class
+    keys = state(client).backend.scheduler.latency.class_keys
+    assert (TXT, "chat#full", 4) in keys and (TXT, "chat#full", 16) in keys
+
+
+def test_single_text_and_json_array_forms(client):
+    r = post(client, TXT, {"inputs": "just one"}, fmt="json")
+    assert r.status_code == 200 and len(r.json()["outputs"]) == 1
+    x = image()
+    r = post(client, IMG, {"inputs": {"dtype": "uint8", "shape": [8, 8], "data": x.tolist()}}, fmt="json")
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0]["data"] == expected_output(x).tolist()
+
+
+def test_accept_header_picks_the_answer_encoding(client):
+    r = post(client, IMG, {"inputs": array_to_wire(image(), True)}, headers={"accept": JS})
+    assert r.status_code == 200 and r.headers["content-type"].startswith(JS)
+    r = post(client, TXT, {"inputs": ["a b"]}, fmt="json", headers={"accept": "application/x-msgpack"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith(MP)
+    # errors follow the same negotiation
+    r = post(client, IMG, {"inputs": []}, headers={"accept": JS})
+    assert r.headers["content-type"].startswith(JS) and r.json()["code"] == "empty_inputs"
+
+
+def test_model_routes(client):
+    r = client.get("/v1/models")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["policy"] == "fifo"
+    assert [m["name"] for m in body["models"]] == [IMG, TXT]
+    assert body["models"][0]["input"]["kind"] == "array" and body["models"][1]["input"]["kind"] == "text"
+    r = client.get(f"/v1/models/{IMG}", headers={"accept": MP})
+    info = decode(r)
+    assert r.status_code == 200 and r.headers["content-type"].startswith(MP)
+    assert info["batch_buckets"] == [1, 2, 4] and info["shape_buckets"] == [8]
+    assert info["exit_stages"] == [0, 1, 2] and info["num_stages"] == 3
+    assert info["warm_shapes"] == [[1, 8], [2, 8], [4, 8]]
+    assert info["policy"] == {"policy": "fifo"} and info["default_slo_ms"] == 1000.0
+    assert info["input"]["shapes"] == [[8, 8], [64], [8, 8, 1]]
+    txt = client.get(f"/v1/models/{TXT}").json()
+    assert txt["warm_shapes"] == [[1, 4]] and txt["tags"] == ["text"]
+
+
+def test_health_routes(client):
+    assert client.get("/health/live").json() == {"status": "live", "phase": "ready"}
+    r = client.get("/health/ready")
+    assert r.status_code == 200 and r.json() == {"status": "ready", "models": [IMG, TXT]}
+
+
+def test_metrics_after_requests(client):
+    for _ in range(3):
+        assert post(client, IMG, {"inputs": array_to_wire(image(), True)}).status_code == 200
+    assert post(client, IMG, {"inputs": []}).status_code == 422
+    assert post(client, "nope", {"inputs": []}).status_code == 404
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    for needle in (
+        'orloj_requests_total{model="img",outcome="on_time"} 3.0',
+        'orloj_finish_rate{model="img"} 1.0',
+        "orloj_queue_depth 0.0",
+        "orloj_ready 1.0",
+        "orloj_engine_alive 1.0",
+        'orloj_warm_shapes{model="img"} 3.0',
+        'orloj_batch_size_bucket{le="1.0",model="img"}',
+        'orloj_batches_total{model="img",result="ok"}',
+        'orloj_compile_events_total{model="img",phase="warmup"} 3.0',
+        'orloj_compile_seconds_count{model="img",phase="warmup"} 3.0',
+        'orloj_request_latency_seconds_count{model="img"} 3.0',
+        'orloj_queue_seconds_count{model="img"} 3.0',
+        'orloj_run_seconds_count{model="img"} 3.0',
+        'orloj_batch_device_seconds_count{model="img"}',
+        'orloj_http_responses_total{code="ok",model="img",status="200"} 3.0',
+        'orloj_http_responses_total{code="empty_inputs",model="img",status="422"} 1.0',
+        # an unknown model's name never becomes a label
+        'orloj_http_responses_total{code="unknown_model",model="_unknown",status="404"} 1.0',
+    ):
+        assert needle in text, needle
+    assert "nope" not in text
+
+
+def test_each_app_has_its_own_registry():
+    with start() as a, start() as b:
+        assert post(a, IMG, {"inputs": array_to_wire(image(), True)}).status_code == 200
+        assert 'orloj_requests_total{model="img",outcome="on_time"} 1.0' in a.get("/metrics").text
+        assert 'outcome="on_time"' not in b.get("/metrics").text
+
+
+# ----------------------------------------------------------------------------- 400 / 404 / 405 / 413 / 415
+
+BAD_BODIES = [
+    (b"\xc1", MP, "never-used byte"),
+    (msgpack.packb({"inputs": "x"})[:-2], MP, "truncated"),
+    (msgpack.packb({"inputs": ["a"]}) + b"\x00", MP, "trailing"),
+    (msgpack.packb({"inputs": [msgpack.ExtType(5, b"xx")]}), MP, "ext type"),
+    (msgpack.packb({"inputs": [msgpack.Timestamp(1, 0)]}, datetime=False), MP, "timestamp"),
+    (msgpack.packb({1: "x"}), MP, "int map key"),
+    (b"\x81\xa6inputs\xa2\xff\xfe", MP, "bad utf-8"),
+    (msgpack.packb(["inputs"]), MP, "not a map"),
+    (b"", MP, "empty"),
+    (b"{not json", JS, "garbage json"),
+    (b'{"inputs": ["a"], "slo_ms": NaN}', JS, "NaN literal"),
+    (b'{"inputs": ["a"], "slo_ms": Infinity}', JS, "Infinity literal"),
+    (b"[" * 50 + b"]" * 50, JS, "deep nesting"),
+    (b"\xff\xfe\x00", JS, "not utf"),
+]
+
+
+@pytest.mark.parametrize(("content", "ct", "why"), BAD_BODIES, ids=[b[2] for b in BAD_BODIES])
+def test_bad_body(client, content, ct, why):
+    assert_error(post(client, TXT, content, fmt=ct), "bad_body")
+
+
+def test_msgpack_limits_apply():
+    cfg = ServerConfig(wait_ready=True, max_body_bytes=16_384)
+    with start(config=cfg) as c:
+        # more than max_map_len (64) keys, more than max_array_len elements
+        assert_error(post(c, TXT, {f"k{i}": 1 for i in range(65)}), "bad_body")
+    from server.codec import DecodeLimits
+
+    cfg = ServerConfig(wait_ready=True, decode=DecodeLimits(max_array_len=3, max_str_len=10))
+    with start(config=cfg) as c:
+        assert_error(post(c, TXT, {"inputs": ["a", "b", "c", "d"]}), "bad_body", None, "array")
+        assert_error(post(c, TXT, {"inputs": ["a" * 11]}), "bad_body")
+        assert post(c, TXT, {"inputs": ["a b", "c"]}).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["nope", "IMG", "img ", "..%2F..%2Fetc", "%2E%2E", "img%00"])
+def test_unknown_model(client, name):
+    r = post(client, name, {"inputs": []})
+    body = decode(r)
+    assert r.status_code == 404 and body["code"] in ("unknown_model", "not_found"), body
+    r = client.get(f"/v1/models/{name}")
+    assert r.status_code == 404 and r.json()["code"] in ("unknown_model", "not_found")
+
+
+def test_unknown_model_lists_served(client):
+    body = assert_error(post(client, "resnet", {"inputs": []}), "unknown_model", None, "resnet")
+    assert body["details"]["models"] == [IMG, TXT]
+
+
+def test_unknown_route_and_method(client):
+    assert_error(client.get("/v2/nothing"), "not_found")
+    r = client.get(f"/v1/models/{IMG}/infer")
+    assert_error(r, "method_not_allowed")
+    assert "POST" in r.headers["allow"]
+
+
+@pytest.mark.parametrize("ct", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_unsupported_media_type(client, ct):
+    headers = {} if ct is None else {"content-type": ct}
+    r = client.post(f"/v1/models/{IMG}/infer", content=b"{}", headers=headers)
+    assert_error(r, "unsupported_media_type")
+
+
+def test_body_too_large(client):
+    big = {"inputs": ["w " * 9000]}  # ~18 kB > 16 kB
+    body = assert_error(post(client, TXT, big), "body_too_large", None, "16384")
+    assert body["details"]["limit"] == 16_384
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        for _ in range(40):
+            yield b"\x00" * 1024
+
+    r = client.post(f"/v1/models/{TXT}/infer", content=chunks(), headers={"content-type": MP})
+    assert "content-length" not in r.request.headers
+    assert_error(r, "body_too_large")
+
+
+# ----------------------------------------------------------------------------- 422
+
+A = array_to_wire(np.zeros((8, 8), np.uint8), True)
+
+
+def arr(**over):
+    return {**A, **over}
+
+
+INVALID = [
+    # (model, body, code, field, fragment of message)
+    (IMG, {"slo_ms": 5}, "missing_field", "inputs", None),
+    (IMG, {"inputs": [A], "priority": 1}, "unknown_field", "priority", "priority"),
+    (IMG, {"inputs": 5}, "invalid_field", "inputs", "int"),
+    (IMG, {"inputs": "text"}, "invalid_field", "inputs", "str"),
+    (TXT, {"inputs": A}, "invalid_field", "inputs", "dict"),
+    (IMG, {"inputs": []}, "empty_inputs", "inputs", None),
+    (TXT, {"inputs": ["a"] * 65}, "too_many_items", "inputs", "65"),
+    (TXT, {"inputs": ["ok", 3]}, "invalid_field", "inputs[1]", "int"),
+    (TXT, {"inputs": ["x" * 201]}, "invalid_value", "inputs[0]", "201"),
+    (IMG, {"inputs": [[0] * 64]}, "invalid_field", "inputs[0]", "list"),
+    (IMG, {"inputs": [A], "slo_ms": float("nan")}, "invalid_field", "slo_ms", "nan"),
+    (IMG, {"inputs": [A], "slo_ms": float("inf")}, "invalid_field", "slo_ms", "inf"),
+    (IMG, {"inputs": [A], "slo_ms": -5}, "invalid_field", "slo_ms", "-5"),
+    (IMG, {"inputs": [A], "slo_ms": 0}, "invalid_field", "slo_ms", "0"),
+    (IMG, {"inputs": [A], "slo_ms": 1e9}, "invalid_field", "slo_ms", "1000000000"),
+    (IMG, {"inputs": [A], "slo_ms": "fast"}, "invalid_field", "slo_ms", "'fast'"),
+    (IMG, {"inputs": [A], "slo_ms": True}, "invalid_field", "slo_ms", "bool"),
+    (IMG, {"inputs": [A], "tag": "a b"}, "invalid_field", "tag", "'a b'"),
+    (IMG, {"inputs": [A], "tag": ""}, "invalid_field", "tag", None),
+    (IMG, {"inputs": [A], "tag": "x#full"}, "invalid_field", "tag", None),
+    (IMG, {"inputs": [A], "tag": "t" * 65}, "invalid_field", "tag", None),
+    (IMG, {"inputs": [A], "tag": 3}, "invalid_field", "tag", "3"),
+    (IMG, {"inputs": [A], "id": 1.5}, "invalid_field", "id", "1.5"),
+    (IMG, {"inputs": [A], "id": ["a"]}, "invalid_field", "id", "list"),
+    (IMG, {"inputs": [A], "id": "i" * 129}, "invalid_field", "id", None),
+    (IMG, {"inputs": [A], "early_exit": "yes"}, "invalid_field", "early_exit", "'yes'"),
+    (IMG, {"inputs": [A], "early_exit": 1}, "invalid_field", "early_exit", "int"),
+    (IMG, {"inputs": [arr(dtype="complex64")]}, "invalid_dtype", "inputs[0].dtype", "complex64"),
+    (IMG, {"inputs": [arr(dtype="object")]}, "invalid_dtype", "inputs[0].dtype", "object"),
+    (IMG, {"inputs": [arr(dtype=5)]}, "invalid_dtype", "inputs[0].dtype", "5"),
+    (IMG, {"inputs": [A, arr(shape=[3, 3])]}, "invalid_shape", "inputs[1].shape", "[3, 3]"),
+    (IMG, {"inputs": [arr(shape=[8, "8"])]}, "invalid_shape", "inputs[0].shape", "'8'"),
+    (IMG, {"inputs": [arr(shape=[8, 8], data=b"\x00" * 63)]}, "invalid_shape", "inputs[0].data", "63"),
+    (IMG, {"inputs": [arr(dtype="float32")]}, "invalid_shape", "inputs[0].data", "64 bytes"),
+    (IMG, {"inputs": [arr(data=[[0] * 8] * 7)]}, "invalid_shape", "inputs[0].data", "7"),
+    (IMG, {"inputs": [arr(data=[[0] * 8] * 7 + [[0] * 7 + ["x"]])]}, "invalid_value", "inputs[0].data[7][7]", "'x'"),
+    (IMG, {"inputs": [arr(data=[[0] * 8] * 7 + [[0] * 7 + [300]])]}, "invalid_value", "inputs[0].data", "uint8"),
+    (IMG, {"inputs": [arr(data=[[0] * 8] * 7 + [[0] * 7 + [1.5]])]}, "invalid_value", "inputs[0].data[7][7]", "1.5"),
+    (IMG, {"inputs": [arr(dtype="float16", data=[[0.0] * 8] * 7 + [[0.0] * 7 + [1e6]])]}, "invalid_value",
+     "inputs[0].data", "float16"),
+    (IMG, {"inputs": [arr(data=5)]}, "invalid_field", "inputs[0].data", "int"),
+    (IMG, {"inputs": [{"dtype": "uint8", "shape": [8, 8]}]}, "missing_field", "inputs[0].data", None),
+    (IMG, {"inputs": [arr(order="F")]}, "unknown_field", "inputs[0].order", "order"),
+    (TXT, {"inputs": [" ".join(["w"] * 17)]}, "input_too_large", "inputs[0]", "17"),
+]
+
+
+@pytest.mark.parametrize(("model", "body", "code", "field", "frag"), INVALID,
+                         ids=[f"{i}-{c[2]}-{c[3]}" for i, c in enumerate(INVALID)])
+def test_invalid_fields(client, model, body, code, field, frag):
+    resp = post(client, model, body)
+    assert_error(resp, code, field, *([frag] if frag else []))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_nonfinite_pixels(client, bad, dtype):
+    x = np.zeros((8, 8), dtype)
+    x[2, 3] = bad
+    assert_error(post(client, IMG, {"inputs": [array_to_wire(x, True)]}), "invalid_value", "inputs[0].data", "NaN")
+
+
+def test_float64_outside_float32_range(client):
+    x = np.zeros((8, 8))
+    x[0, 1] = 1e300
+    assert_error(post(client, IMG, {"inputs": [array_to_wire(x, True)]}), "invalid_value", "inputs[0].data",
+                 "float32")
+
+
+def test_too_many_tags():
+    with start(config=ServerConfig(wait_ready=True, max_tags_per_model=3)) as c:
+        for tag in ("a", "b"):  # + the default tag "image" = 3
+            assert post(c, IMG, {"inputs": [A], "tag": tag}).status_code == 200
+        body = assert_error(post(c, IMG, {"inputs": [A], "tag": "c"}), "too_many_tags", "tag", "'c'")
+        assert body["details"]["limit"] == 3
+        assert post(c, IMG, {"inputs": [A], "tag": "a"}).status_code == 200  # known tags still work
+        assert post(c, TXT, {"inputs": ["x"], "tag": "c"}).status_code == 200  # per model
+
+
+# ----------------------------------------------------------------------------- engine outcomes
+
+
+def _occupy(c: TestClient, ex: FakeExecutor) -> EngineRequest:
+    """Put one request on the (gated) device, directly through the engine."""
+    eng = state(c).engine
+    now = eng.now()
+    item = state(c).backend.models[IMG].model.preprocess([np.zeros((8, 8))])[0]
+    r = EngineRequest(IMG, "image", now, now + 60_000, size=8, payload=(item, {"early_exit": True}))
+    eng.submit(r)
+    assert ex.running.wait(5)
+    return r
+
+
+def test_queue_full_is_503_with_retry_after():
+    gate = threading.Event()
+    ex = FakeExecutor(gate=gate)
+    with start(executor=ex, max_queue=1) as c:
+        try:
+            _occupy(c, ex)
+            eng = state(c).engine
+            now = eng.now()
+            item = state(c).backend.models[IMG].model.preprocess([np.ones((8, 8))])[0]
+            eng.submit(EngineRequest(IMG, "image", now, now + 60_000, size=8, payload=(item, {"early_exit": True})))
+            assert eng.queue_depth() == 1
+            r = post(c, IMG, {"inputs": [A]})
+            body = assert_error(r, "queue_full")
+            assert r.headers["retry-after"] == "1"
+            assert body["details"]["reason"] == "queue_full"
+        finally:
+            gate.set()
+        assert post(c, IMG, {"inputs": [A]}).status_code == 200
+        assert 'orloj_requests_total{model="img",outcome="rejected"} 1.0' in c.get("/metrics").text
+
+
+def test_queue_full_mid_request_gives_back_the_queued_items():
+    gate = threading.Event()
+    ex = FakeExecutor(gate=gate)
+    with start(executor=ex, max_queue=2) as c:
+        try:
+            _occupy(c, ex)
+            r = post(c, IMG, {"inputs": [A, A, A]})  # 2 fit, the 3rd is refused
+            assert_error(r, "queue_full")
+            assert state(c).engine.queue_depth() == 0  # the two admitted were cancelled
+        finally:
+            gate.set()
+
+
+def test_deadline_unmeetable_is_504():
+    # orloj with 10 ms measured per image: a 1 ms SLO has no chance, dropped at once
+    with start(policy="orloj", seed_ms=10.0) as c:
+        body = assert_error(post(c, IMG, {"inputs": [A], "slo_ms": 1}), "deadline_unmeetable", None,
+                            "deadline_unmeetable")
+        assert body["details"]["items"] == [{"status": "dropped", "reason": "deadline_unmeetable"}]
+        r = post(c, IMG, {"inputs": [A], "slo_ms": 500})
+        assert r.status_code == 200, decode(r)
+        assert 'orloj_requests_total{model="img",outcome="dropped"} 1.0' in c.get("/metrics").text
+
+
+def test_late_answer_is_200_with_status_late():
+    gate = threading.Event()
+    ex = FakeExecutor(gate=gate)
+    with start(executor=ex) as c:
+        t = threading.Timer(0.15, gate.set)
+        t.start()
+        r = post(c, IMG, {"inputs": [A], "slo_ms": 20})  # fifo never drops; runs after ~150 ms
+        t.join()
+        body = decode(r)
+        assert r.status_code == 200 and body["status"] == "late" and body["item_status"] == ["late"]
+        assert body["timing"]["run_ms"] >= 100
+
+
+def test_execution_failed_is_500_and_the_server_keeps_serving(client):
+    x = np.zeros((8, 8), np.float32)
+    x[0, 0] = FAIL_PIXEL
+    body = assert_error(post(client, IMG, {"inputs": [array_to_wire(x, True)]}), "execution_failed", None, "boom")
+    assert body["details"]["items"][0]["status"] == "failed"
+    assert post(client, IMG, {"inputs": [A]}).status_code == 200
+    text = client.get("/metrics").text
+    assert 'orloj_batches_total{model="img",result="failed"} 1.0' in text
+    assert 'orloj_requests_total{model="img",outcome="failed"} 1.0' in text
+
+
+def test_shutting_down_is_503(client):
+    state(client).engine.shutdown(drain=False, timeout=5)
+    r = post(client, IMG, {"inputs": [A]})
+    assert_error(r, "shutting_down", None, "shutting down")
+    assert r.headers["retry-after"] == "1"
+    assert_error(client.get("/health/ready"), "not_ready")
+    assert_error(client.get("/health/live"), "not_live")
+
+
+def test_queued_items_cancelled_at_shutdown_answer_shutting_down():
+    gate = threading.Event()
+    ex = FakeExecutor(gate=gate)
+    with start(executor=ex) as c:
+        _occupy(c, ex)
+        out = {}
+        t = threading.Thread(target=lambda: out.setdefault("r", post(c, IMG, {"inputs": [A]})))
+        t.start()
+        deadline = time.monotonic() + 5
+        while state(c).engine.queue_depth() == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        threading.Timer(0.1, gate.set).start()
+        state(c).engine.shutdown(drain=False, timeout=5)
+        t.join(5)
+        body = assert_error(out["r"], "shutting_down")
+        assert body["details"]["items"] == [{"status": "cancelled", "reason": "shutdown"}]
+
+
+# ----------------------------------------------------------------------------- start-up
+
+
+def test_not_ready_while_warming_then_ready():
+    warm_gate = threading.Event()
+    ex = FakeExecutor(warm_gate=warm_gate)
+    with start(executor=ex, config=ServerConfig()) as c:
+        try:
+            deadline = time.monotonic() + 5
+            while state(c).phase != "warming" and time.monotonic() < deadline:
+                time.sleep(0.005)
+            r = c.get("/health/ready")
+            body = assert_error(r, "not_ready", None, "compiling")
+            assert body["details"]["phase"] == "warming" and body["details"]["to_warm"] == 4
+            assert r.headers["retry-after"] == "5"
+            assert c.get("/health/live").status_code == 200
+            assert_error(post(c, IMG, {"inputs": [A]}), "not_ready")
+            assert c.get("/v1/models").status_code == 200  # the registry is known already
+        finally:
+            warm_gate.set()
+        deadline = time.monotonic() + 5
+        while c.get("/health/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert post(c, IMG, {"inputs": [A]}).status_code == 200
+        assert state(c).backend.scheduler.latency.is_warm(IMG, 4, 8)
+
+
+def test_startup_failure():
+    def broken():
+        raise FileNotFoundError("no checkpoint at /nowhere")
+
+    with TestClient(create_app(broken)) as c:
+        deadline = time.monotonic() + 5
+        while state(c).phase != "failed" and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert_error(c.get("/health/live"), "not_live", None, "no checkpoint")
+        assert_error(c.get("/health/ready"), "not_ready", None, "no checkpoint")
+        assert_error(c.get("/v1/models"), "not_ready")
+        assert_error(post(c, IMG, {"inputs": [A]}), "not_ready")
+    with pytest.raises(FileNotFoundError), TestClient(create_app(broken, ServerConfig(wait_ready=True))):
+        pass
+
+
+def test_lifespan_shutdown_closes_the_executor():
+    ex = FakeExecutor()
+    with start(executor=ex) as c:
+        assert post(c, IMG, {"inputs": [A]}).status_code == 200
+    assert ex.closed == 1 and not state(c).engine.alive
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def test_every_error_code_has_a_client_class_and_is_documented():
+    from pathlib import Path
+
+    assert set(ERROR_CLASSES) == set(ERRORS)
+    for code, cls in ERROR_CLASSES.items():
+        assert cls.code == code
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    for code, (status, _) in ERRORS.items():
+        assert f"`{code}`" in doc and str(status) in doc, code
+
+
+def test_outcome_coverage():
+    """Every engine outcome has an answer (success or a code)."""
+    from server.app import SUCCESS, _outcome_error
+
+    for o in Outcome:
+        if o in SUCCESS:
+            continue
+        r = EngineRequest(IMG, "t", 0.0, 1.0)
+        r.finish(o, 0.0, "x")
+        err = _outcome_error([r], ServerConfig())
+        assert err.code in ERRORS and err.status >= 400
+
+
+def test_metered_executor_forwards_the_compile_hook_and_request_compile():
+    from orloj_jax.engine import Engine
+    from server.metrics import MeteredExecutor, Metrics
+
+    class Hooked(FakeExecutor):
+        def __init__(self):
+            super().__init__()
+            self.on_compiled = None
+            self.requested = []
+
+        def request_compile(self, model, batch_bucket, shape_bucket=0):
+            self.requested.append((model, batch_bucket, shape_bucket))
+            return True
+
+    inner, metrics = Hooked(), Metrics()
+    metered = MeteredExecutor(inner, metrics)
+    assert metered.request_compile(IMG, 4, 8) and inner.requested == [(IMG, 4, 8)]
+    assert not MeteredExecutor(FakeExecutor(), metrics).request_compile(IMG, 4, 8)
+    assert not hasattr(MeteredExecutor(FakeExecutor(), metrics), "on_compiled")  # no hook: absent
+    backend = make_backend(executor=metered)
+    eng = Engine(backend.scheduler, metered)
+    if not hasattr(eng, "mark_compiled"):  # an engine without background compiles
+        pytest.skip("Engine has no mark_compiled hook")
+    assert callable(inner.on_compiled)  # set on the wrapped executor, not on the wrapper
+    inner.on_compiled(IMG, 4, 8, 12.0)
+    assert backend.scheduler.latency.is_warm(IMG, 4, 8)
+    assert 'orloj_compile_events_total{model="img",phase="background"} 1.0' in metrics.exposition().decode()

@@ -1,0 +1,73 @@
+"""server.main: bucket and SLO parsing, the zoo factory, argument errors (no uvicorn run)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from server import main as smain
+from server.app import ArrayInput, TextInput
+
+
+def test_batch_buckets():
+    assert smain.batch_buckets(8) == (1, 2, 4, 8)
+    assert smain.batch_buckets(6) == (1, 2, 4, 6)
+    assert smain.batch_buckets(1) == (1,)
+    with pytest.raises(ValueError):
+        smain.batch_buckets(0)
+
+
+def test_slo_map():
+    assert smain._slo_map("minilm=300, digits-ee=40.5") == {"minilm": 300.0, "digits-ee": 40.5}
+    for bad in ("minilm", "minilm=fast", "minilm=nan", "minilm=-1", "minilm=inf"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            smain._slo_map(bad)
+
+
+def test_parser_defaults_bind_loopback():
+    a = smain.build_parser().parse_args([])
+    assert a.host == "127.0.0.1" and a.port == 8000 and a.policy == "orloj" and a.max_batch == 8
+    assert a.models == "minilm,digits-ee,digits-static" and a.warm == "all"
+
+
+@pytest.mark.parametrize("argv", [["--models", "resnet"], ["--policy", "nope", "--models", "digits-ee"],
+                                  ["--models", "digits-ee", "--slo-ms", "minilm=5"]])
+def test_main_rejects_bad_arguments(argv, capsys):
+    assert smain.main(argv) == 2
+    assert "orloj serve:" in capsys.readouterr().err
+
+
+def test_zoo_factory_loads_with_capped_buckets(monkeypatch):
+    from models import digits
+
+    calls = []
+
+    def fake_load(name, cache_dir=None, **over):
+        calls.append((name, cache_dir, over))
+        cfg = digits.DigitsConfig(variant="ee", **over)
+        return digits.DigitsModel(cfg, digits.init_params(cfg), name=name)
+
+    monkeypatch.setattr("models.load_model", fake_load)
+    factory = smain.zoo_factory(["digits-ee"], cache_dir="/tmp/zoo", max_batch=4, policy="fifo",
+                                warm="batch1", slo_ms={"digits-ee": 30})
+    backend = factory()
+    try:
+        assert calls == [("digits-ee", "/tmp/zoo", {"batch_buckets": (1, 2, 4)})]
+        sm = backend.models["digits-ee"]
+        assert isinstance(sm.input, ArrayInput) and sm.input.shapes == ((8, 8), (64,), (8, 8, 1))
+        assert sm.default_slo_ms == 30 and sm.default_tag == "image"
+        assert backend.warm_shapes == {"digits-ee": [(1, 8)]} and backend.policy == "fifo"
+        assert backend.scheduler.models["digits-ee"].batch_buckets == (1, 2, 4)
+        backend.validate()
+    finally:
+        backend.executor.close()
+
+
+def test_served_model_for_text():
+    class Tok:
+        def tokenize(self, texts):
+            return texts
+
+    sm = smain.served_model("minilm", Tok())
+    assert isinstance(sm.input, TextInput) and sm.preprocess_in_thread and sm.default_slo_ms == 500.0
