@@ -214,7 +214,7 @@ def test_engine_mode_trace_workload_writes_the_sim_schema(tmp_path, capsys):
             "--load", "0.5", "--policies", "orloj,static", "--json", str(out), "--no-progress"]
     assert main(argv) == 0
     rep = json.loads(out.read_text())
-    assert rep["mode"] == "engine" and TOP_KEYS <= set(rep) and "compiles_while_serving" in rep
+    assert rep["mode"] == "engine" and set(rep) >= TOP_KEYS and "compiles_while_serving" in rep
     for row in rep["results"]:
-        assert RESULT_KEYS <= set(row) and row["n"] == 40
+        assert set(row) >= RESULT_KEYS and row["n"] == 40
         assert row["on_time"] + row["late"] + row["dropped"] + row["failed"] == 40
