@@ -229,6 +229,11 @@ class LatencyModel:
             rows.append(row)
         return grid.du, np.stack(rows) if rows else np.zeros((0, grid.k))
 
+    def table_version(self, model: str, cids: list[int]) -> tuple:
+        """Changes whenever `table(model, cids)` would return different rows."""
+        grid = self._grids[model]
+        return (grid.du, *(grid.stale.get(c, -1) for c in cids))
+
     # -- internals -------------------------------------------------------
     def _scale(self, model: str, shape_bucket: int) -> _Scaling:
         key = (model, shape_bucket)

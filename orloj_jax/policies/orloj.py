@@ -84,6 +84,7 @@ class _Group:
     gb: np.ndarray  # [nb] g per bucket
     now: float = 0.0
     dists: list = field(default_factory=list)  # EmpiricalDist per class
+    cids: tuple = ()  # latency-model class id per class
     last_p: tuple = ()
     best_p: np.ndarray | None = None
     _logfex: np.ndarray | None = None
@@ -114,16 +115,20 @@ class _Group:
             head = lst[:j]
             lens[row] = len(head)
             slack[row, : len(head)] = [r.deadline_ms - self.now for r in head]
-        return _Group(self.model, self.shape, lists, self.logF[keep], self.du, slack, lens, self.buckets, self.comp, self.gb, self.now, dists=[self.dists[c] for c in keep])
+        return _Group(self.model, self.shape, lists, self.logF[keep], self.du, slack, lens, self.buckets, self.comp, self.gb, self.now, dists=[self.dists[c] for c in keep], cids=tuple(self.cids[c] for c in keep))
 
-    def evaluate(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def expected_max(self, counts: np.ndarray) -> np.ndarray:
+        """E[max member solo time] of count vectors [V, C]: the integral of 1 - prod_c F_c^n_c."""
+        k = self.logF.shape[1]
+        fmax = np.exp(counts.astype(np.float32) @ self.logF)  # [V, K]  CDF of the max member
+        return self.du * ((k - 1) - fmax.sum(1) + 0.5 * (fmax[:, 0] + fmax[:, -1]))  # trapezoid
+
+    def evaluate(self, counts: np.ndarray, emax: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Score count vectors [V, C] -> (score, expected on-time, expected time, bucket index)."""
         v, c = counts.shape
-        k = self.logF.shape[1]
         b = counts.sum(1)
-        fmax = np.exp(counts.astype(np.float32) @ self.logF)  # [V, K]  CDF of the max member
-        # E[max] = integral of (1 - F) over the grid (trapezoid rule).
-        emax = self.du * ((k - 1) - fmax.sum(1) + 0.5 * (fmax[:, 0] + fmax[:, -1]))
+        if emax is None:
+            emax = self.expected_max(counts)
         if not self.comp.any():
             bi = np.searchsorted(self.buckets, b)  # all warm: the smallest bucket that fits
             t = self.gb[bi] * emax
@@ -133,9 +138,12 @@ class _Group:
             bi = t_opt.argmin(1)
             t = t_opt[np.arange(v), bi]
         # P(member on time) = prod_c' F_c'(u_member)^n_c', with exact CDFs at each member's limit.
-        lf = self.log_cdf_at_members()[:, bi]  # [C', V, C, J]
+        lfx = self.log_cdf_at_members()  # [C', nb, C, J]
+        nb, cj = lfx.shape[1], lfx.shape[2] * lfx.shape[3]
+        # One matrix product for every bucket, then each candidate's own bucket.
+        logp = (counts.astype(np.float32) @ lfx.reshape(lfx.shape[0], -1)).reshape(v, nb, cj)[np.arange(v), bi]
         member = np.arange(self.slack.shape[1])[None, None, :] < counts[:, :, None]  # [V, C, J]
-        p = np.exp(np.einsum("vk,kvcj->vcj", counts.astype(np.float32), lf))
+        p = np.exp(logp).reshape(v, c, -1)
         ontime = np.einsum("vcj,vcj->v", p, member, dtype=np.float64)
         self.last_p = (p, member)  # per-member P of every candidate, for the rider check
         return ontime / t, ontime, t, bi
@@ -227,7 +235,8 @@ class Orloj(Policy):
             lens[row] = len(head)
             slack[row, : len(head)] = [r.deadline_ms - now for r in head]
         dists = [lat.dists[cids[i]] for i in keep]
-        return _Group(model, shape, lists, logF[keep], du, slack, lens, buckets, comp, gb, now, dists=dists), None
+        kept = tuple(cids[i] for i in keep)
+        return _Group(model, shape, lists, logF[keep], du, slack, lens, buckets, comp, gb, now, dists=dists, cids=kept), None
 
     def _skip_riders(self, grp: _Group, found):
         """Don't let members with P(on time in this batch) < drop_threshold ride along.
@@ -258,16 +267,34 @@ class Orloj(Policy):
 
     MAX_SKIP_ROUNDS = 2
 
+    def _emax_all(self, grp: _Group, allv: np.ndarray) -> np.ndarray:
+        """E[max] of every count vector of the group's classes, cached until a class's CDF row changes.
+
+        It depends only on the classes' distributions, not on the queue, so most
+        decisions reuse it (the [V, K] exponential is the search's largest cost).
+        """
+        key = (grp.model, grp.shape, tuple(grp.cids), self.latency.table_version(grp.model, list(grp.cids)))
+        cache = self.__dict__.setdefault("_emax_cache", {})
+        val = cache.get(key)
+        if val is None:
+            if len(cache) > 256:
+                cache.clear()
+            val = cache[key] = grp.expected_max(allv)
+        return val
+
     def _search(self, grp: _Group):
         """Best count vector and its (score, expected on-time, expected time, bucket index)."""
         c = len(grp.lists)
         max_b = int(grp.buckets[-1])
         if math.comb(max_b + c, c) - 1 <= self.config.exhaustive_limit:
             allv = count_vectors(c, max_b)
-            cand = allv[(allv <= grp.lens[None, :]).all(1)]
+            rows = np.flatnonzero((allv <= grp.lens[None, :]).all(1))
+            cand = allv[rows]
+            emax = self._emax_all(grp, allv)[rows]
         else:
             cand = _greedy(grp, max_b)
-        score, ontime, t, bi = grp.evaluate(cand)
+            emax = None
+        score, ontime, t, bi = grp.evaluate(cand, emax)
         i = int(np.argmax(score))
         if score[i] <= 0:
             return None
