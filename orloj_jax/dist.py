@@ -115,8 +115,9 @@ class EmpiricalDist:
         """Inverse of the step CDF: the smallest sample x with F(x) >= q."""
         s = self._need()
         q = np.asarray(q, dtype=np.float64)
-        # Same arithmetic as `cdf` (i / n), so quantile(cdf(x)) == x exactly.
-        idx = np.clip(np.searchsorted(np.arange(1, s.size + 1) / s.size, q, side="left"), 0, s.size - 1)
+        # The smallest i with i / n >= q. The tolerance absorbs float round-off in
+        # q * n (0.07 * 100 = 7.000000000000001), so quantile(cdf(x)) == x exactly.
+        idx = np.clip(np.ceil(q * s.size - 1e-9).astype(np.int64) - 1, 0, s.size - 1)
         return s[idx]
 
     def mean(self) -> float:

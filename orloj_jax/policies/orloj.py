@@ -205,7 +205,7 @@ class Orloj(Policy):
         # Per class, the slack below which even a lone run has P(on time) < threshold,
         # exactly: F(u) >= thr iff u >= the thr-quantile of the class's samples.
         thr = self.config.drop_threshold
-        qthr = np.array([0.0 if thr <= 0 or lat.is_cold(c) else float(lat.dists[c].quantile(thr)) for c in cids])
+        qthr = np.array([self._threshold_quantile(c) for c in cids])
         smin = (comp[None, :] + gb[None, :] * qthr[:, None]).min(1)
         classes = queue.classes(model)
         keep, lists, cold_head = [], [], None
@@ -266,6 +266,18 @@ class Orloj(Policy):
         return grp, found
 
     MAX_SKIP_ROUNDS = 2
+
+    def _threshold_quantile(self, cid: int) -> float:
+        """The class's drop_threshold-quantile, recomputed only when its samples change."""
+        thr, lat = self.config.drop_threshold, self.latency
+        if thr <= 0 or lat.is_cold(cid):
+            return 0.0
+        cache = self.__dict__.setdefault("_qthr_cache", {})
+        d = lat.dists[cid]
+        hit = cache.get(cid)
+        if hit is None or hit[0] != d.total:
+            hit = cache[cid] = (d.total, float(d.quantile(thr)))
+        return hit[1]
 
     def _emax_all(self, grp: _Group, allv: np.ndarray) -> np.ndarray:
         """E[max] of every count vector of the group's classes, cached until a class's CDF row changes.
