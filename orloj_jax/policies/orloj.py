@@ -204,7 +204,6 @@ class Orloj(Policy):
         jmax = spec.max_batch
         # Per class, the slack below which even a lone run has P(on time) < threshold,
         # exactly: F(u) >= thr iff u >= the thr-quantile of the class's samples.
-        thr = self.config.drop_threshold
         qthr = np.array([self._threshold_quantile(c) for c in cids])
         smin = (comp[None, :] + gb[None, :] * qthr[:, None]).min(1)
         classes = queue.classes(model)
