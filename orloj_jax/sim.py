@@ -22,6 +22,7 @@ online.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,12 +70,19 @@ class SimConfig:
 
 
 class EmulatedDevice:
-    """Batch time = compile (cold) + g(B) * max true member time; deterministic."""
+    """Batch time = compile (cold) + g(B) * max true member time; deterministic.
 
-    def __init__(self, g: Callable[[int], float], compile_ms: float = 0.0):
-        self.g = g
+    `g` is one batch curve, or one per model when several models share the device.
+    """
+
+    def __init__(self, g: Callable[[int], float] | Mapping[str, Callable[[int], float]], compile_ms: float = 0.0):
+        self.curves = g if isinstance(g, Mapping) else None
+        self.g = g if self.curves is None else None
         self.compile_ms = compile_ms
         self.compiled: set[tuple[str, int, int]] = set()
+
+    def g_of(self, model: str) -> Callable[[int], float]:
+        return self.g if self.curves is None else self.curves[model]
 
     def run(self, batch: Batch) -> BatchResult:
         solo = np.array([r.true_ms for r in batch.requests], dtype=np.float64)
@@ -83,7 +91,8 @@ class EmulatedDevice:
         if self.compile_ms and key not in self.compiled:
             comp = self.compile_ms
         self.compiled.add(key)
-        return BatchResult(device_ms=comp + float(self.g(batch.batch_bucket)) * float(solo.max()), solo_ms=solo, compile_ms=comp)
+        g = self.g_of(batch.model)
+        return BatchResult(device_ms=comp + float(g(batch.batch_bucket)) * float(solo.max()), solo_ms=solo, compile_ms=comp)
 
 
 @dataclass
@@ -94,10 +103,12 @@ class SimResult:
     measured_ms: np.ndarray
     scheduler: Scheduler
 
-    def summary(self) -> dict:
+    def summary(self, model: str | None = None) -> dict:
+        """Outcome statistics; with `model`, of that model's requests only (mean_batch stays global)."""
         arr = [r.arrival_ms for r in self.requests]
         span = (max(arr) - min(arr)) if arr else 0.0
-        return summarize(self.requests, self.batch_sizes, span)
+        reqs = self.requests if model is None else [r for r in self.requests if r.model == model]
+        return summarize(reqs, self.batch_sizes, span)
 
 
 def build_requests(trace: TraceLike, model: str) -> list[Request]:
@@ -117,7 +128,8 @@ def seed_latency(latency: LatencyModel, trace: TraceLike, spec: ModelSpec, devic
             latency.seed(spec.name, tag, np.asarray(samples, dtype=np.float64))
             profiled = True
     if profiled:
-        latency.seed_scaling(spec.name, {b: float(device.g(b)) for b in spec.batch_buckets})
+        g = device.g_of(spec.name)
+        latency.seed_scaling(spec.name, {b: float(g(b)) for b in spec.batch_buckets})
     if not device.compile_ms:
         latency.mark_all_warm(spec.name)
 
@@ -129,15 +141,32 @@ def simulate(
     progress: Callable[[int], None] | None = None,
 ) -> SimResult:
     cfg = config or SimConfig()
-    spec = cfg.spec()
-    device = EmulatedDevice(trace.curve.g, cfg.compile_ms)
+    return simulate_models({cfg.model: trace}, policy, cfg, progress)
+
+
+def simulate_models(
+    traces: Mapping[str, TraceLike],
+    policy: Policy,
+    config: SimConfig | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SimResult:
+    """Several models' traces on ONE device: one scheduler arbitrates between their queues.
+
+    Each model gets its own ModelSpec (same batch buckets), its own batch curve on the
+    emulated device and its own offline profile; requests of all models are merged by
+    arrival time. `SimResult.summary(model=...)` gives one model's numbers.
+    """
+    cfg = config or SimConfig()
+    specs = [dataclasses.replace(cfg, model=name).spec() for name in traces]
+    device = EmulatedDevice({name: tr.curve.g for name, tr in traces.items()}, cfg.compile_ms)
     latency = LatencyModel(cfg.latency)
-    for b in cfg.prewarm:
-        device.compiled.add((spec.name, b, 0))
-        latency.mark_warm(spec.name, b)
-    seed_latency(latency, trace, spec, device)
-    sched = Scheduler(policy, [spec], latency, SchedulerConfig(max_queue=cfg.max_queue))
-    reqs = build_requests(trace, spec.name)
+    for spec, trace in zip(specs, traces.values(), strict=True):
+        for b in cfg.prewarm:
+            device.compiled.add((spec.name, b, 0))
+            latency.mark_warm(spec.name, b)
+        seed_latency(latency, trace, spec, device)
+    sched = Scheduler(policy, specs, latency, SchedulerConfig(max_queue=cfg.max_queue))
+    reqs = sorted((r for name, tr in traces.items() for r in build_requests(tr, name)), key=lambda r: r.arrival_ms)
     arrivals = [r.arrival_ms for r in reqs]
     n = len(reqs)
     i = 0

@@ -679,7 +679,7 @@ def test_registry_names_and_errors():
         make_policy("nope")
     with pytest.raises(
         ValueError,
-        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit'\]",
+        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit', 'weigh_models'\]",
     ):
         make_policy("orloj", bogus=1)
     p = make_policy("static", config=StaticConfig(max_batch_size=4), max_queue_delay_us=5.0)
@@ -688,4 +688,5 @@ def test_registry_names_and_errors():
         "policy": "orloj",
         "drop_threshold": 0.7,
         "exhaustive_limit": 600,
+        "weigh_models": True,
     }

@@ -46,6 +46,7 @@ class OrlojConfig:
     # device time that fresher requests would have used; 0.9 loses at k = 1.
     drop_threshold: float = 0.7
     exhaustive_limit: int = 600
+    weigh_models: bool = True  # across models, score on-time work rather than on-time count
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.drop_threshold < 1.0:
@@ -156,14 +157,19 @@ class Orloj(Policy):
     def select(self, queue, now: float) -> Decision:
         drops: list = []
         best: tuple[float, Decision] | None = None
-        for model in queue.models():
+        models = queue.models()
+        for model in models:
             groups: dict[int, list[int]] = {}
             for cid in queue.classes(model):
                 groups.setdefault(self.latency.class_keys[cid][2], []).append(cid)
+            # Across models, count on-time *work* (x the model's mean solo time), so that a
+            # cheap model's many completions do not starve an expensive one; within a
+            # model every request counts the same.
+            weight = self._model_weight(model) if len(models) > 1 and self.config.weigh_models else 1.0
             for shape, cids in groups.items():
                 cand = self._group_decision(queue, model, shape, cids, now, drops)
-                if cand is not None and (best is None or cand[0] > best[0]):
-                    best = cand
+                if cand is not None and (best is None or weight * cand[0] > best[0]):
+                    best = (weight * cand[0], cand[1])
         if best is None:
             return Decision(drops=drops)
         decision = best[1]
@@ -265,6 +271,12 @@ class Orloj(Policy):
         return grp, found
 
     MAX_SKIP_ROUNDS = 2
+
+    def _model_weight(self, model: str) -> float:
+        """Mean solo time over the model's measured classes (1.0 before any measurement)."""
+        lat = self.latency
+        means = [d.mean() for (m, _, _), d in zip(lat.class_keys, lat.dists, strict=True) if m == model and d.n]
+        return float(np.mean(means)) if means else 1.0
 
     def _threshold_quantile(self, cid: int) -> float:
         """The class's drop_threshold-quantile, recomputed only when its samples change."""
