@@ -416,6 +416,12 @@ class JaxExecutor(Executor):
             (model, k, sb) not in self._batch1 for k in self._keys(m)
         ):
             self._measure_batch1(model, sb, self.warm_reps)
+        elif ms > 0 and self.warm_reps > 0:
+            # The first executions of a fresh executable are slow (allocations, caches):
+            # run it once here, so the first served batch does not teach the latency
+            # model an outlier g(b) that would keep the scheduler off this bucket.
+            self._execute(model, sb, batch_bucket, m.pack([], batch_bucket, sb),
+                          np.zeros(batch_bucket, bool), np.zeros(batch_bucket), record=False)
         return ms
 
     def warm_all(self, model: str, batch_buckets: Sequence[int] | None = None,

@@ -1,0 +1,124 @@
+"""Engine overhead: the live engine at saturation vs a bare loop over the same batches.
+
+    python -m bench.engine_overhead [--model minilm] [--requests 400] [--policy orloj]
+
+N requests are submitted at once with loose deadlines, so the engine runs
+saturated: it decides, runs and answers batches back to back. The batches it
+formed are recorded; a bare loop then calls the same warm executables
+(`JaxExecutor.run`) on exactly those batches, with no scheduler, no
+threads and no futures. One untimed pass of each comes first (the first
+executions of each executable are slower than the later ones). The ratio of their throughputs is the engine's
+overhead (issue 4 target: engine >= 0.9x bare).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+import numpy as np
+
+from orloj_jax.engine import Engine
+from orloj_jax.latency import LatencyModel
+from orloj_jax.policies import make_policy
+from orloj_jax.request import Request
+from orloj_jax.scheduler import Batch, ModelSpec, Scheduler
+
+
+class _Recorder:
+    def __init__(self, inner):
+        self.inner = inner
+        self.batches: list[Batch] = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def run(self, batch):
+        self.batches.append(batch)
+        return self.inner.run(batch)
+
+
+def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None, seed: int = 0) -> dict:
+    from models import load_model
+    from orloj_jax.jax_executor import JaxExecutor
+
+    from .engine_mode import _zoo_inputs
+
+    bbs = tuple(b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch)
+    model = load_model(model_name, cache_dir=cache_dir, batch_buckets=bbs)
+    ex = JaxExecutor({model_name: model})
+    ex.warm_all(model_name)
+    items = model.preprocess(_zoo_inputs(model_name, seed))
+    rng = np.random.default_rng(seed)
+    pick = [items[int(i)] for i in rng.integers(0, len(items), size=n)]
+    spec = ModelSpec(model_name, tuple(model.batch_buckets), tuple(model.shape_buckets))
+    lat = LatencyModel()
+    for bb in spec.batch_buckets:
+        for sb in spec.shape_buckets:
+            lat.mark_warm(model_name, bb, sb)
+    # Seed each class with a few lone runs so that no class is explored alone first.
+    for sb in spec.shape_buckets:
+        group = [it for it in items if model.shape_bucket_for(it.size) == sb][:3]
+        for it in group:
+            r = Request(model_name, "t", 0.0, math.inf, size=it.size, payload=it)
+            lat.seed(model_name, "t", np.asarray(ex.run(Batch(model_name, [r], 1, sb, 0.0)).solo_ms), shape_bucket=sb)
+    def engine_pass() -> tuple[float, list[Batch]]:
+        rec = _Recorder(ex)
+        eng = Engine(Scheduler(make_policy(policy), [spec], lat), rec)
+        now = eng.now()
+        futs = [eng.submit(Request(model_name, "t", now, now + 1e9, size=it.size, payload=it)) for it in pick]
+        t0 = time.perf_counter()
+        eng.start()
+        for f in futs:
+            f.result(timeout=600)
+        dt = time.perf_counter() - t0
+        eng.shutdown()
+        return dt, rec.batches
+
+    def bare_pass(batches: list[Batch]) -> float:
+        t0 = time.perf_counter()
+        for b in batches:
+            ex.run(b)  # the same batch, the same warm executables, nothing else
+        return time.perf_counter() - t0
+
+    # A first pass of each warms what compiling does not (first executions, allocator).
+    _, first = engine_pass()
+    bare_pass(first)
+    t_engine, batches = engine_pass()
+    t_bare = bare_pass(batches)
+    rec = _Recorder(ex)
+    rec.batches = batches
+    ex.close()
+    return {
+        "model": model_name,
+        "policy": policy,
+        "requests": n,
+        "batches": len(rec.batches),
+        "mean_batch": n / len(rec.batches),
+        "engine_rps": n / t_engine,
+        "bare_rps": n / t_bare,
+        "ratio": t_bare / t_engine,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.engine_overhead")
+    ap.add_argument("--model", default="minilm,digits-ee")
+    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--policy", default="orloj,static")
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--cache-dir", default=None)
+    a = ap.parse_args(argv)
+    print("| model | policy | requests | batches | mean batch | engine req/s | bare loop req/s | engine / bare |")
+    print("|---|---|---|---|---|---|---|---|")
+    for m in a.model.split(","):
+        for p in a.policy.split(","):
+            r = measure(m, a.requests, p, a.max_batch, a.cache_dir)
+            print(f"| {m} | {p} | {r['requests']} | {r['batches']} | {r['mean_batch']:.2f} | {r['engine_rps']:.1f} | {r['bare_rps']:.1f} | {r['ratio']:.3f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
