@@ -81,19 +81,38 @@ def _summary(reqs: list[Request], sizes: list[int]) -> dict:
     return summarize(reqs, sizes, max(arr) - min(arr))
 
 
-class _SizeLog:
-    """Wraps an executor to record batch sizes (the engine does not keep them)."""
+class BatchLog:
+    """Wraps an executor to record the batches it runs (the engine does not keep them)."""
 
     def __init__(self, inner):
         self.inner = inner
-        self.sizes: list[int] = []
+        self.batches: list = []
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
+    @property
+    def sizes(self) -> list[int]:
+        return [len(b) for b in self.batches]
+
     def run(self, batch):
-        self.sizes.append(len(batch))
+        self.batches.append(batch)
         return self.inner.run(batch)
+
+
+def _report(spec, workload: str, t0: float, results: list[dict], **extra) -> dict:
+    """The report dict shared with --mode sim: header, rows, then mode-specific fields."""
+    return {
+        "workload": workload,
+        "mode": "engine",
+        "load": spec.load,
+        "seed": spec.seed,
+        "arrival": spec.arrival,
+        "max_batch": spec.max_batch,
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+        "results": results,
+        **extra,
+    }
 
 
 # -- trace workloads ------------------------------------------------------
@@ -101,7 +120,7 @@ def run_trace_policy(trace, make: Callable[[], Policy], max_batch: int) -> dict:
     spec = ModelSpec("model", tuple(range(1, max_batch + 1)))
     lat = LatencyModel()
     seed_latency(lat, trace, spec, EmulatedDevice(trace.curve.g))
-    ex = _SizeLog(EmulatedExecutor(trace.curve.g))
+    ex = BatchLog(EmulatedExecutor(trace.curve.g))
     eng = Engine(Scheduler(make(), [spec], lat), ex).start()
     tags = trace.tags
 
@@ -222,7 +241,7 @@ def run_zoo_policy(z: ZooSetup, arrivals: np.ndarray, idx: np.ndarray, slo_ms: f
         for sb in z.spec.shape_buckets:
             if z.executor.is_warm(z.spec.name, bb, sb):
                 lat.mark_warm(z.spec.name, bb, sb)
-    ex = _SizeLog(z.executor)
+    ex = BatchLog(z.executor)
     eng = Engine(Scheduler(make(), [z.spec], lat), ex)
     z.executor.on_compiled = eng.mark_compiled
     eng.start()
@@ -267,18 +286,7 @@ def engine_trace_report(spec, workload, progress=None) -> dict:
             results.append(row)
             if progress:
                 progress(len(trace))
-    return {
-        "workload": workload.name,
-        "mode": "engine",
-        "load": spec.load,
-        "seed": spec.seed,
-        "arrival": spec.arrival,
-        "max_batch": spec.max_batch,
-        "elapsed_s": round(time.perf_counter() - t0, 3),
-        "results": results,
-        "compiles_while_serving": 0,
-        "warm_shapes": "all (emulated executor: nothing to compile)",
-    }
+    return _report(spec, workload.name, t0, results, compiles_while_serving=0, warm_shapes="all (emulated executor: nothing to compile)")
 
 
 def engine_zoo_report(spec, workload: str, *, cache_dir=None, compile_cache_dir=None, progress=None, log=print) -> dict:
@@ -313,19 +321,15 @@ def engine_zoo_report(spec, workload: str, *, cache_dir=None, compile_cache_dir=
             if progress:
                 progress(len(arrivals))
     z.executor.close()
-    return {
-        "workload": workload,
-        "mode": "engine",
-        "load": spec.load,
-        "seed": spec.seed,
-        "arrival": spec.arrival,
-        "max_batch": spec.max_batch,
-        "elapsed_s": round(time.perf_counter() - t0, 3),
-        "results": results,
-        "profile": {"solo_p99_ms": z.p99_ms, "capacity_rps": z.capacity_rps, "warmup_compile_ms": z.compile_ms, "shape_mix": z.shape_mix},
-        "compiles_while_serving": int(sum(r["compiles_while_serving"] for r in results)),
-        "warm_shapes": results[-1]["warm_shapes"] if results else [],
-    }
+    return _report(
+        spec,
+        workload,
+        t0,
+        results,
+        profile={"solo_p99_ms": z.p99_ms, "capacity_rps": z.capacity_rps, "warmup_compile_ms": z.compile_ms, "shape_mix": z.shape_mix},
+        compiles_while_serving=int(sum(r["compiles_while_serving"] for r in results)),
+        warm_shapes=results[-1]["warm_shapes"] if results else [],
+    )
 
 
-__all__ = ["ZOO_WORKLOADS", "engine_trace_report", "engine_zoo_report", "replay", "run_trace_policy", "setup_zoo"]
+__all__ = ["ZOO_WORKLOADS", "BatchLog", "engine_trace_report", "engine_zoo_report", "replay", "run_trace_policy", "setup_zoo"]

@@ -27,24 +27,11 @@ from orloj_jax.request import Request
 from orloj_jax.scheduler import Batch, ModelSpec, Scheduler
 
 
-class _Recorder:
-    def __init__(self, inner):
-        self.inner = inner
-        self.batches: list[Batch] = []
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def run(self, batch):
-        self.batches.append(batch)
-        return self.inner.run(batch)
-
-
 def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None, seed: int = 0) -> dict:
     from models import load_model
     from orloj_jax.jax_executor import JaxExecutor
 
-    from .engine_mode import _zoo_inputs
+    from .engine_mode import BatchLog, _zoo_inputs
 
     bbs = tuple(b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch)
     model = load_model(model_name, cache_dir=cache_dir, batch_buckets=bbs)
@@ -65,7 +52,7 @@ def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None
             r = Request(model_name, "t", 0.0, math.inf, size=it.size, payload=it)
             lat.seed(model_name, "t", np.asarray(ex.run(Batch(model_name, [r], 1, sb, 0.0)).solo_ms), shape_bucket=sb)
     def engine_pass() -> tuple[float, list[Batch]]:
-        rec = _Recorder(ex)
+        rec = BatchLog(ex)
         eng = Engine(Scheduler(make_policy(policy), [spec], lat), rec)
         now = eng.now()
         futs = [eng.submit(Request(model_name, "t", now, now + 1e9, size=it.size, payload=it)) for it in pick]
@@ -88,15 +75,13 @@ def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None
     bare_pass(first)
     t_engine, batches = engine_pass()
     t_bare = bare_pass(batches)
-    rec = _Recorder(ex)
-    rec.batches = batches
     ex.close()
     return {
         "model": model_name,
         "policy": policy,
         "requests": n,
-        "batches": len(rec.batches),
-        "mean_batch": n / len(rec.batches),
+        "batches": len(batches),
+        "mean_batch": n / len(batches),
         "engine_rps": n / t_engine,
         "bare_rps": n / t_bare,
         "ratio": t_bare / t_engine,
