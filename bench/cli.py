@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from .http_mode import add_http_args
 from .runner import BenchSpec, format_table, run_sim
 from .workloads import BatchCurve, get_workload, list_workloads, load_jsonl_trace
 
@@ -60,6 +61,7 @@ def _add_bench(sub) -> None:
     g.add_argument("--static-allowed-batch-sizes", type=_ints)
     g.add_argument("--static-queue-timeout-us", type=float)
     g.add_argument("--static-no-slo-timeout", action="store_true", help="do not reject requests queued past their SLO")
+    add_http_args(p)
 
 
 def _bench_engine(a, spec: BenchSpec) -> int:
@@ -106,11 +108,8 @@ def _bench(a) -> int:
         from .engine_mode import ZOO_DESCRIPTIONS
 
         for name, desc in ZOO_DESCRIPTIONS.items():
-            print(f"{name:<14} {'model':<10} {desc} (--mode engine)")
+            print(f"{name:<14} {'model':<10} {desc} (--mode engine or http)")
         return 0
-    if a.mode == "http":
-        print("orloj bench: --mode http needs the HTTP server, which is not built yet", file=sys.stderr)
-        return 2
     if not a.workload and not a.trace:
         print("orloj bench: give --workload NAME or --trace FILE.jsonl", file=sys.stderr)
         return 2
@@ -126,6 +125,10 @@ def _bench(a) -> int:
     )
     if a.mode == "engine":
         return _bench_engine(a, spec)
+    if a.mode == "http":
+        from .http_mode import bench_http
+
+        return bench_http(a, spec)
     kwargs = {}
     if a.workload:
         kwargs["workload"] = get_workload(a.workload)

@@ -164,7 +164,7 @@ def test_trace_with_batch_curve(tmp_path):
             ["--trace", "t.jsonl", "--mode", "engine"],
             "--mode engine replays built-in workloads",
         ),
-        (["--workload", "bi-s1", "--mode", "http"], "not built yet"),
+        (["--workload", "bi-s1", "--mode", "http"], "--mode http replays"),
         ([], "give --workload NAME or --trace FILE.jsonl"),
         (
             [
