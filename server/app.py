@@ -51,6 +51,7 @@ from .codec import (
     CONTENT_TYPES,
     DecodeLimits,
     accept_format,
+    array_to_wire,
     decode_body,
     encode_body,
     media_format,
@@ -302,7 +303,8 @@ class AppState:
     def require_ready(self, check_alive: bool = True) -> tuple[Backend, Engine]:
         """Backend and engine once ready; ``check_alive=False`` leaves a dead or closing
         engine to ``Engine.submit`` (EngineClosed -> shutting_down)."""
-        if self.ready or (not check_alive and self.phase == "ready" and self.engine is not None):
+        # the cheap clause first: Thread.is_alive (in .ready) is only asked when it matters
+        if (not check_alive and self.phase == "ready" and self.engine is not None) or self.ready:
             assert self.backend is not None and self.engine is not None
             return self.backend, self.engine
         if self.phase == "stopping":
@@ -340,6 +342,11 @@ def _short(v: Any, n: int = 60) -> str:
 
 def _tname(v: Any) -> str:
     return type(v).__name__
+
+
+def _num(v: Any) -> Any:
+    """A clock difference as a Python number (an injected clock may return numpy scalars)."""
+    return v if type(v) is float else to_wire(v, False)
 
 
 def _is_number(v: Any) -> bool:
@@ -472,6 +479,17 @@ def _check_nested(data: Any, shape: tuple[int, ...], where: str, integer: bool) 
         stack.extend((x, depth + 1, f"{path}[{i}]") for i, x in enumerate(d))
 
 
+_WIRE_DTYPES: dict[str, np.dtype] = {}
+
+
+def _wire_dtype(name: str) -> np.dtype:
+    """The little-endian dtype of an accepted dtype name (cached: names come from ArrayInput.dtypes)."""
+    dt = _WIRE_DTYPES.get(name)
+    if dt is None:
+        dt = _WIRE_DTYPES[name] = np.dtype(name).newbyteorder("<")
+    return dt
+
+
 def _check_array(v: Any, where: str, spec: ArrayInput) -> np.ndarray:
     if not isinstance(v, dict):
         raise ApiError("invalid_field", f"'{where}' must be an array map {{dtype, shape, data}}, "
@@ -494,7 +512,7 @@ def _check_array(v: Any, where: str, spec: ArrayInput) -> np.ndarray:
     if shp not in spec.shapes:
         raise ApiError("invalid_shape", f"'{where}.shape' {list(shp)} is not accepted; accepted: "
                        f"{[list(s) for s in spec.shapes]}", field=f"{where}.shape")
-    dt = np.dtype(dtype).newbyteorder("<")
+    dt = _wire_dtype(dtype)
     if isinstance(data, bytes):
         need = math.prod(shp) * dt.itemsize
         if len(data) != need:
@@ -517,6 +535,8 @@ def _check_array(v: Any, where: str, spec: ArrayInput) -> np.ndarray:
     if dt.kind == "f" and not np.isfinite(arr).all():
         raise ApiError("invalid_value", f"'{where}.data' holds NaN or infinite values (or values beyond "
                        f"{dtype}'s range)", field=f"{where}.data")
+    if dt.kind == "f" and dt.itemsize <= 4:  # exact cast of finite values: nothing to check
+        return arr.astype(np.float32).reshape(spec.canonical)
     with np.errstate(over="ignore"):
         arr = arr.astype(np.float32)
     if not np.isfinite(arr).all():
@@ -595,18 +615,19 @@ async def infer(request: Request) -> Response:
         try:
             body = await _read_body(request, state.config.max_body_bytes)
         except ClientDisconnect:
-            state.metrics.http.labels(label, "499", "cancelled").inc()
+            state.metrics.http_c[(label, "499", "cancelled")].inc()
             return Response(status_code=499)
         resp = await _infer(request, state, backend, engine, served, body, fmt_in)
-        state.metrics.http.labels(label, str(resp.status_code), "ok" if resp.status_code == 200 else "cancelled").inc()
-        state.metrics.latency.labels(label).observe((perf_ms() - t_start) / 1000.0)
+        status = resp.status_code
+        state.metrics.http_c[(label, "200", "ok") if status == 200 else (label, str(status), "cancelled")].inc()
+        state.metrics.latency_c[(label,)].observe((perf_ms() - t_start) / 1000.0)
         return resp
     except ApiError as e:
-        state.metrics.http.labels(label, str(e.status), e.code).inc()
+        state.metrics.http_c[(label, str(e.status), e.code)].inc()
         raise
     except Exception as e:  # a bug (or an engine crash): answered 500, logged with its traceback
         log.exception("inference on %s failed", label)
-        state.metrics.http.labels(label, "500", "internal_error").inc()
+        state.metrics.http_c[(label, "500", "internal_error")].inc()
         raise ApiError("internal_error", f"internal error: {type(e).__name__}") from e
 
 
@@ -663,39 +684,51 @@ async def _infer(request: Request, state: AppState, backend: Backend, engine: En
                        details={"queue_depth": engine.queue_depth(), "reason": rejected.reason})
 
     gone = await _await_items(request, engine, reqs, futs)
+    m = state.metrics
+    key = (name,)
     for r in reqs:
         if r.outcome is not None:
-            state.metrics.outcome(name, r.outcome)
+            m.outcome(name, r.outcome)
             if r.start_ms is not None:
-                state.metrics.queue.labels(name).observe(max(0.0, r.start_ms - r.arrival_ms) / 1000.0)
+                m.queue_c[key].observe(max(0.0, r.start_ms - r.arrival_ms) / 1000.0)
                 if r.finish_ms is not None and r.outcome in SUCCESS:
-                    state.metrics.run.labels(name).observe(max(0.0, r.finish_ms - r.start_ms) / 1000.0)
+                    m.run_c[key].observe(max(0.0, r.finish_ms - r.start_ms) / 1000.0)
     if gone:
         return Response(status_code=499)
     if any(r.outcome not in SUCCESS for r in reqs):
         raise _outcome_error(reqs, state.config)
 
     fmt = _fmt(request)
-    answer = {
-        "id": call.id,
-        "model": name,
-        "status": "on_time" if all(r.outcome is Outcome.ON_TIME for r in reqs) else "late",
-        "outputs": [r.output for r in reqs],
-        "exit": [r.exit_index for r in reqs],
-        "item_status": [str(r.outcome) for r in reqs],
-        "slo_ms": call.slo_ms,
-        "tag": call.tag,
-        "timing": {
-            "queue_ms": max(r.start_ms - r.arrival_ms for r in reqs),
-            "run_ms": max(r.finish_ms - r.start_ms for r in reqs),
-            "total_ms": engine.now() - t0,
-        },
-    }
+    binary = fmt == "msgpack"
     try:
-        return _respond(request, answer, fmt=fmt)
+        # built in wire form directly: only the model's outputs need converting (the other
+        # fields are Python scalars / strings already), and an ndarray output, the usual
+        # one, skips to_wire's type dispatch
+        answer = {
+            "id": call.id,
+            "model": name,
+            "status": "on_time" if all(r.outcome is Outcome.ON_TIME for r in reqs) else "late",
+            "outputs": [array_to_wire(o, binary) if type(o) is np.ndarray else to_wire(o, binary)
+                        for o in (r.output for r in reqs)],
+            "exit": [r.exit_index for r in reqs],
+            "item_status": [str(r.outcome) for r in reqs],
+            "slo_ms": call.slo_ms,
+            "tag": call.tag,
+            "timing": {
+                "queue_ms": _num(max(r.start_ms - r.arrival_ms for r in reqs)),
+                "run_ms": _num(max(r.finish_ms - r.start_ms for r in reqs)),
+                "total_ms": _num(engine.now() - t0),
+            },
+        }
+        return Response(encode_body(answer, fmt), media_type=CONTENT_TYPES[fmt])
     except (TypeError, ValueError) as e:
         log.exception("cannot encode the answer of %s", name)
         raise ApiError("internal_error", f"cannot encode the model's output: {e}") from None
+
+
+#: how long a request's items may run before a task starts watching for its client's
+#: disconnect (see _await_items)
+DISCONNECT_WATCH_AFTER_S = 0.05
 
 
 async def _await_items(request: Request, engine: Engine, reqs: list[EngineRequest],
@@ -704,33 +737,74 @@ async def _await_items(request: Request, engine: Engine, reqs: list[EngineReques
 
     Once one item ends without success the request will be answered with an error, so
     the items still queued are cancelled instead of spending device time on them.
+
+    Cost on the hot path: one asyncio future for all the items, completed from done
+    callbacks of the engine's concurrent futures (no wrapper future per item, no
+    ``asyncio.wait`` on sets). Watching for a disconnect needs a task reading the ASGI
+    receive channel; most requests are answered within milliseconds, so that task is
+    started lazily, by a timer, only if the items are not all done after
+    ``DISCONNECT_WATCH_AFTER_S``: a client that disconnects while queued is noticed at
+    most that much later than with an eager watcher, and its queued items cancelled.
     """
-    # never cancel these wrappers: that would cancel the engine's concurrent futures under it
-    pending: set[asyncio.Future] = {asyncio.wrap_future(f) for f in futs}
-    disc = asyncio.ensure_future(_wait_disconnect(request))
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()  # result: True = client gone, False = all done
+    remaining = len(futs)
     failed = False
+
+    def on_item(f: Any) -> None:  # in the loop, once per item
+        nonlocal remaining, failed
+        if done.done():
+            return
+        try:
+            r = f.result()
+        except BaseException as e:  # an engine crash -> internal_error
+            done.set_exception(e)
+            return
+        if r.outcome not in SUCCESS and not failed:
+            failed = True
+            for other in reqs:
+                if other is not r:
+                    engine.cancel(other)
+        remaining -= 1
+        if remaining == 0:
+            done.set_result(False)
+
+    def from_engine(f: Any) -> None:  # in the engine's thread (or here, if already done)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(on_item, f)
+
+    watcher: asyncio.Task | None = None
+
+    def on_disconnect(t: asyncio.Task) -> None:
+        if not t.cancelled():
+            t.exception()  # retrieved: a failing receive counts as a gone client
+            if not done.done():
+                done.set_result(True)
+
+    def start_watcher() -> None:
+        nonlocal watcher
+        if not done.done():
+            watcher = loop.create_task(_wait_disconnect(request))
+            watcher.add_done_callback(on_disconnect)
+
+    for f in futs:
+        f.add_done_callback(from_engine)
+    timer = loop.call_later(DISCONNECT_WATCH_AFTER_S, start_watcher)
     try:
-        while pending:
-            done, _ = await asyncio.wait(pending | {disc}, return_when=asyncio.FIRST_COMPLETED)
-            if disc in done:
-                for r in reqs:
-                    engine.cancel(r)
-                return True
-            for w in done:
-                pending.discard(w)
-                r = w.result()  # an engine crash raises here -> internal_error
-                if r.outcome not in SUCCESS and not failed:
-                    failed = True
-                    for other in reqs:
-                        if other is not r:
-                            engine.cancel(other)
-        return False
+        # never cancel the engine's futures: await our own (shielded from nothing else)
+        gone = await done
+        if gone:
+            for r in reqs:
+                engine.cancel(r)
+        return gone
     except asyncio.CancelledError:  # the server cancelled the handler (shutdown timeout)
         for r in reqs:
             engine.cancel(r)
         raise
     finally:
-        disc.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def list_models(request: Request) -> Response:

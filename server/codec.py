@@ -14,6 +14,7 @@ Nothing is ever unpickled.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ JSON = "application/json"
 MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"})
 JSON_TYPES = frozenset({"application/json"})
 CONTENT_TYPES = {"msgpack": MSGPACK, "json": JSON}
+_LITTLE = sys.byteorder == "little"
+_DTYPE_NAMES: dict[np.dtype, str] = {}
 
 
 def media_format(header: str | None) -> str | None:
@@ -134,12 +137,18 @@ def decode_body(body: bytes, fmt: str, limits: DecodeLimits) -> Any:
 
 def array_to_wire(arr: np.ndarray, binary: bool) -> dict[str, Any]:
     """An ndarray as ``{"dtype", "shape", "data"}`` (bytes if ``binary``, else nested lists)."""
-    a = np.asarray(arr)
-    if a.dtype.kind not in "biuf":
-        raise TypeError(f"cannot send an array of dtype {a.dtype}")
-    a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+    a = arr if type(arr) is np.ndarray else np.asarray(arr)
+    dt = a.dtype
+    if dt.kind not in "biuf":
+        raise TypeError(f"cannot send an array of dtype {dt}")
+    # already little-endian and C-contiguous (the usual case): no copy, no new dtype
+    if not (a.flags.c_contiguous and (dt.byteorder == "<" or (_LITTLE and dt.byteorder in "=|"))):
+        a = np.ascontiguousarray(a, dtype=dt.newbyteorder("<"))
     data: Any = a.tobytes() if binary else a.tolist()
-    return {"dtype": a.dtype.name, "shape": list(a.shape), "data": data}
+    name = _DTYPE_NAMES.get(a.dtype)
+    if name is None:  # dtype.name is slow to compute; few distinct dtypes ever pass here
+        name = _DTYPE_NAMES[a.dtype] = a.dtype.name
+    return {"dtype": name, "shape": list(a.shape), "data": data}
 
 
 def is_wire_array(obj: Any) -> bool:
@@ -158,6 +167,9 @@ def wire_to_array(obj: dict[str, Any]) -> np.ndarray:
 
 def to_wire(obj: Any, binary: bool) -> Any:
     """Make ``obj`` encodable: ndarrays become wire arrays, numpy scalars Python scalars."""
+    t = type(obj)
+    if t is str or t is int or t is float or t is bool or obj is None:  # the common leaves
+        return obj
     if isinstance(obj, np.ndarray):
         return array_to_wire(obj, binary)
     if isinstance(obj, np.generic):

@@ -29,6 +29,25 @@ COMPILE_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+class Children(dict):
+    """The labelled children of one metric, cached by label tuple: ``c[(model, "ok")].inc()``.
+
+    ``metric.labels(...)`` validates and looks up the labels under the metric's lock on
+    every call; the children it returns are thread-safe and live as long as the metric,
+    so the hot path looks them up here once per label tuple. Label values must come from
+    bounded sets (served model names, fixed codes), never from a client.
+    """
+
+    def __init__(self, metric: Any):
+        super().__init__()
+        self.metric = metric
+
+    def __missing__(self, key: tuple[str, ...]) -> Any:
+        child = self.metric.labels(*key)  # a racing thread gets the same child back
+        self[key] = child
+        return child
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -60,6 +79,16 @@ class Metrics:
                                          ["model", "phase"], buckets=COMPILE_BUCKETS_S, registry=r)
         self._lock = threading.Lock()
         self._outcomes: dict[str, dict[str, int]] = {}
+        # cached labelled children (see Children) of the metrics written per request / batch
+        self.items_c = Children(self.items)
+        self.http_c = Children(self.http)
+        self.latency_c = Children(self.latency)
+        self.queue_c = Children(self.queue)
+        self.run_c = Children(self.run)
+        self.batch_size_c = Children(self.batch_size)
+        self.batch_bucket_c = Children(self.batch_bucket)
+        self.batch_device_c = Children(self.batch_device)
+        self.batches_c = Children(self.batches)
 
     def bind_state(self, read: Callable[[], dict[str, Any]]) -> None:
         """Register the scrape-time gauges; ``read()`` returns the app's current state."""
@@ -67,7 +96,7 @@ class Metrics:
 
     def outcome(self, model: str, outcome: Outcome | str, n: int = 1) -> None:
         o = str(outcome)
-        self.items.labels(model, o).inc(n)
+        self.items_c[(model, o)].inc(n)
         with self._lock:
             d = self._outcomes.setdefault(model, {})
             d[o] = d.get(o, 0) + n
@@ -130,12 +159,13 @@ class MeteredExecutor(Executor):
         try:
             res = self.inner.run(batch)
         except Exception:
-            m.batches.labels(batch.model, "failed").inc()
+            m.batches_c[(batch.model, "failed")].inc()
             raise
-        m.batches.labels(batch.model, "error" if res.error else "ok").inc()
-        m.batch_size.labels(batch.model).observe(len(batch))
-        m.batch_bucket.labels(batch.model).observe(batch.batch_bucket)
-        m.batch_device.labels(batch.model).observe(max(0.0, res.device_ms) / 1000.0)
+        key = (batch.model,)
+        m.batches_c[(batch.model, "error" if res.error else "ok")].inc()
+        m.batch_size_c[key].observe(len(batch))
+        m.batch_bucket_c[key].observe(batch.batch_bucket)
+        m.batch_device_c[key].observe(max(0.0, res.device_ms) / 1000.0)
         if res.compile_ms > 0:
             m.compile_event(batch.model, "serving", res.compile_ms)
         return res
