@@ -145,6 +145,7 @@ class Broken(Policy):
         raise ZeroDivisionError("policy bug")
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the re-raise is the point
 def test_loop_crash_fails_waiting_futures_loudly():
     clock = FakeClock()
     lat = LatencyModel()
