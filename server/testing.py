@@ -5,7 +5,11 @@ Used by tests/test_server*.py; also handy to load-test the front end alone.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,3 +135,34 @@ def make_backend(executor: Executor | None = None, policy: str = "fifo", max_que
     }
     shapes = {IMG: [(1, 8), (2, 8), (4, 8)], TXT: [(1, 4)]} if warm else {}
     return Backend(models, sched, executor or FakeExecutor(), policy, warm_shapes=shapes)
+
+
+@contextlib.contextmanager
+def running_server(app: Any, start_timeout_s: float = 60.0) -> Iterator[str]:
+    """Run ``app`` with uvicorn (uvloop + httptools) on 127.0.0.1:<free port> in a thread.
+
+    Yields the base URL; on exit asks uvicorn to stop and waits for the thread.
+    """
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", log_level="warning",
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while not server.started:
+            assert t.is_alive(), "uvicorn exited during start-up"
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        t.join(30)
+        sock.close()
+    assert not t.is_alive(), "uvicorn did not stop"

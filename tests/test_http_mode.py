@@ -3,47 +3,21 @@ server with the fake backend of server/testing.py (no JAX)."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-import time
-
 import msgpack
 import numpy as np
 import pytest
-import uvicorn
 
 from bench.http_mode import classify, replay_http, run_http, summarize_records
 from bench.runner import BenchSpec
 from server.app import ServerConfig, create_app
-from server.testing import FAIL_PIXEL, IMG, FakeExecutor, make_backend
+from server.testing import FAIL_PIXEL, IMG, FakeExecutor, make_backend, running_server
 
 ROW_KEYS = {"policy", "slo_k", "finish_rate", "goodput_rps", "dropped", "late", "p50_ms", "p99_ms",
             "mean_batch", "n", "on_time", "failed", "slo_ms", "codes"}
 
 
-@contextlib.contextmanager
 def serving(app):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", log_level="warning",
-                            timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
-    t.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert t.is_alive(), "uvicorn exited during start-up"
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        t.join(15)
-        sock.close()
+    return running_server(app, start_timeout_s=30)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 import time
 
@@ -14,7 +13,6 @@ import httpx
 import msgpack
 import numpy as np
 import pytest
-import uvicorn
 
 from orloj_jax.request import Request as EngineRequest
 from server.app import ServerConfig, create_app
@@ -30,7 +28,15 @@ from server.client import (
     UnknownModelError,
 )
 from server.codec import array_to_wire
-from server.testing import IMG, TXT, FakeExecutor, expected_exit, expected_output, make_backend
+from server.testing import (
+    IMG,
+    TXT,
+    FakeExecutor,
+    expected_exit,
+    expected_output,
+    make_backend,
+    running_server,
+)
 
 MP = "application/msgpack"
 
@@ -38,27 +44,8 @@ MP = "application/msgpack"
 @contextlib.contextmanager
 def serving(app):
     """Run ``app`` on 127.0.0.1:<free port> in a thread; yields (url, app)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", log_level="warning",
-                            timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
-    t.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not server.started:
-            assert t.is_alive(), "uvicorn exited during start-up"
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.should_exit = True
-        t.join(30)
-        sock.close()
-    assert not t.is_alive()
+    with running_server(app) as url:
+        yield url, app
 
 
 def images(n: int, seed: int = 0) -> list[np.ndarray]:
