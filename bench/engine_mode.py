@@ -91,6 +91,13 @@ class BatchLog:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
+    def __setattr__(self, name, value):
+        # The engine's hooks (on_exit, on_compiled) belong to the wrapped executor.
+        if name in ("on_exit", "on_compiled"):
+            setattr(self.inner, name, value)
+        else:
+            super().__setattr__(name, value)
+
     @property
     def sizes(self) -> list[int]:
         return [len(b) for b in self.batches]

@@ -55,8 +55,11 @@ class Engine:
         self.failed_batches = 0
         self.background_compiles = 0
         self.prewarm_requests = 0
+        self.early_answers = 0
         if getattr(executor, "on_compiled", "absent") is None:
             executor.on_compiled = self.mark_compiled  # background compiles feed the latency model
+        if getattr(executor, "on_exit", "absent") is None:
+            executor.on_exit = self.answer_early  # early exits are answered when they exit
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> Engine:
@@ -120,6 +123,13 @@ class Engine:
             self.scheduler.latency.observe_compile(model, batch_bucket, shape_bucket, compile_ms)
             self.background_compiles += 1
             self._cv.notify()
+
+    def answer_early(self, req: Request, output, exit_index: int, now: float) -> None:
+        """A member of the running batch exited early: resolve its future now (device thread)."""
+        with self._cv:
+            self.scheduler.finish_early(req, now, output, exit_index)
+            self._resolve([req])
+            self.early_answers += 1
 
     def queue_depth(self) -> int:
         with self._cv:

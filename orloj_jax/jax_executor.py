@@ -270,6 +270,9 @@ class JaxExecutor(Executor):
         self.compact = compact
         self.warm_reps = int(warm_reps)
         self.on_compiled = on_compiled
+        #: called as on_exit(request, output, stage, clock ms) when a member exits before
+        #: the last stage; the engine sets it to answer that request at once.
+        self.on_exit: Callable[[Any, Any, int, float], None] | None = None
         self.cache_dir = enable_persistent_cache(compile_cache_dir) if compile_cache_dir else None
 
         self._lock = threading.Lock()
@@ -560,7 +563,15 @@ class JaxExecutor(Executor):
         early = np.array([bool(o.get("early_exit", True)) for _, o in parsed])
         thr = np.array([float(o.get("threshold", m.default_threshold)) for _, o in parsed])
         compile_ms = self._ensure_all(self.programs(name, bb, sb))
-        ex = self._execute(name, sb, bb, [it for it, _ in parsed], early, thr)
+        notify = None
+        if self.on_exit is not None:
+            reqs = batch.requests
+            on_exit = self.on_exit
+
+            def notify(j: int, out: Any, stage: int, t: float) -> None:
+                on_exit(reqs[j], out, stage, t)
+
+        ex = self._execute(name, sb, bb, [it for it, _ in parsed], early, thr, notify=notify)
         compile_ms += ex["compile_ms"]
         # solo-equivalent time per member: batch-1 step times of its stages up to its exit
         per_stage = np.empty(len(ex["step_ms"]))
@@ -578,7 +589,8 @@ class JaxExecutor(Executor):
         )
 
     def _execute(self, name: str, sb: int, bb: int, items: Sequence[Item] | dict,
-                 early: np.ndarray, thr: np.ndarray, record: bool = True) -> dict[str, Any]:
+                 early: np.ndarray, thr: np.ndarray, record: bool = True,
+                 notify: Callable[[int, Any, int, float], None] | None = None) -> dict[str, Any]:
         """The stage loop of one batch of ``len(early)`` members.
 
         ``items`` are the members' items, or already packed host activations. A stage's
@@ -628,6 +640,8 @@ class JaxExecutor(Executor):
                         outputs[j] = o
                         exit_index[j] = i
                         finish[j] = now
+                        if notify is not None and i < last:
+                            notify(int(j), o, i, now)  # answer it now, not when the batch ends
                     slot[rows] = -1
                 keep = np.nonzero(slot >= 0)[0]
                 if len(keep) and self.compact and len(rows):

@@ -257,6 +257,17 @@ class Scheduler:
         self.stats["batches"] += 1
         return batch
 
+    def finish_early(self, req: Request, now: float, output=None, exit_index: int | None = None) -> None:
+        """A member of the running batch left at an early exit: answer it now.
+
+        Its outcome is judged at this time; `on_done` later learns from it
+        like from every member but does not finish it again.
+        """
+        assert self.running is not None and req in self.running.requests, "finish_early for a request not running"
+        req.output = output
+        req.exit_index = exit_index
+        req.finish(Outcome.ON_TIME if now <= req.deadline_ms else Outcome.LATE, now)
+
     # -- 3. report -------------------------------------------------------
     def on_done(self, batch: Batch, result: BatchResult, now: float) -> list[Request]:
         """Finish the batch's members and learn from what was measured."""
@@ -265,13 +276,16 @@ class Scheduler:
         reqs = batch.requests
         if result.error is not None:
             for r in reqs:
-                r.finish(Outcome.FAILED, now, result.error)
+                if not r.done:  # members answered at an early exit keep their answer
+                    r.finish(Outcome.FAILED, now, result.error)
             self.policy.on_done(batch, result, now)
             return reqs
         solo = np.asarray(result.solo_ms, dtype=np.float64)
         if solo.shape != (len(reqs),):
             raise ValueError(f"BatchResult.solo_ms has shape {solo.shape}, batch has {len(reqs)} members")
         for i, r in enumerate(reqs):
+            if r.done:  # answered at an early exit (finish_early)
+                continue
             t = now if result.finish_ms is None else result.finish_ms[i]
             if result.exit_index is not None:
                 r.exit_index = int(result.exit_index[i])

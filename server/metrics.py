@@ -203,6 +203,15 @@ class MeteredExecutor(Executor):
 
         self.inner.on_compiled = counted
 
+    # Early-exit answers (``executor.on_exit``, set by the engine) go straight through.
+    @property
+    def on_exit(self) -> Callable[..., None] | None:
+        return self.inner.on_exit  # AttributeError when the executor has no such hook
+
+    @on_exit.setter
+    def on_exit(self, cb: Callable[..., None] | None) -> None:
+        self.inner.on_exit = cb
+
     def close(self) -> None:
         self.inner.close()
 

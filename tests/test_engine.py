@@ -231,3 +231,43 @@ def test_warm_larger_bucket_beats_cold_exact_then_exact_compiles_in_background()
     assert eng.prewarm_requests == 1 and eng.background_compiles == 1
     assert ex.is_warm(M, 2) and lat.is_warm(M, 2)
     assert lat.compile_estimate_ms(M) == pytest.approx(500.0)
+
+
+class EarlyExiter(Executor):
+    """Member 0 exits at stage 0 (t = 5 ms) and is reported through on_exit; the batch
+    then blocks until the test has seen member 0's future resolve, and ends at t = 50."""
+
+    def __init__(self, clock: FakeClock):
+        self.clock = clock
+        self.on_exit = None
+        self.seen = threading.Event()
+
+    def run(self, batch):
+        self.clock.sleep(0.005)
+        self.on_exit(batch.requests[0], "early", 0, self.clock())
+        assert self.seen.wait(5), "member 0 was not answered at its exit"
+        self.clock.sleep(0.045)
+        n = len(batch)
+        return BatchResult(device_ms=50.0, solo_ms=[5.0] + [50.0] * (n - 1), exit_index=[0] + [2] * (n - 1),
+                           outputs=["early"] + ["late"] * (n - 1), finish_ms=[5.0] + [50.0] * (n - 1))
+
+
+def test_early_exit_is_answered_when_it_exits():
+    """A batch of two: member 0 exits at t = 5 and its future resolves while the batch is
+    still running (the executor waits for that); member 1 is answered at t = 50. Deadlines
+    10 and 40: member 0 is on time (5 <= 10), member 1 late (50 > 40). Both samples reach
+    the latency model."""
+    clock = FakeClock()
+    lat = LatencyModel()
+    lat.mark_all_warm(M)
+    ex = EarlyExiter(clock)
+    eng = Engine(Scheduler(make_policy("fifo"), [ModelSpec(M, (1, 2))], lat), ex, clock=clock)
+    r0, r1 = req(5, 10), req(50, 40)
+    f0, f1 = eng.submit(r0), eng.submit(r1)
+    f0.add_done_callback(lambda _: ex.seen.set())
+    with eng:
+        assert f0.result(timeout=5) is r0  # resolved mid-batch: the executor waited for it
+        assert f1.result(timeout=5) is r1
+    assert (r0.outcome, r0.finish_ms, r0.output, r0.exit_index) == (Outcome.ON_TIME, 5.0, "early", 0)
+    assert (r1.outcome, r1.finish_ms, r1.output, r1.exit_index) == (Outcome.LATE, 50.0, "late", 2)
+    assert eng.early_answers == 1 and lat.dist(M, "a").n == 2

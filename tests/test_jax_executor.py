@@ -310,3 +310,22 @@ def test_engine_orloj_end_to_end(dig, items):
         np.testing.assert_allclose(r.output, ref.outputs[j], rtol=0, atol=1e-6)
     assert eng.batches_run >= 1 and eng.failed_batches == 0
     assert lat.dist(DIG, "digits", 8).n == len(rs)  # every member's solo time was learned
+
+
+def test_on_exit_reports_each_early_exit_once(ex, items):
+    """With on_exit set, every member that leaves before the last stage is reported once,
+    with the same output, stage and time as the batch result; last-stage exits are not."""
+    calls = []
+    ex.on_exit = lambda req, out, stage, t: calls.append((req, out, stage, t))
+    try:
+        batch_reqs = reqs(DIG, items[:8])
+        r = ex.run(Batch(DIG, batch_reqs, 8, 8, 0.0))
+    finally:
+        ex.on_exit = None
+    last = 2
+    early = [j for j, e in enumerate(r.exit_index) if e < last]
+    assert early and [batch_reqs.index(c[0]) for c in calls] == early
+    for req, out, stage, t in calls:
+        j = batch_reqs.index(req)
+        assert stage == r.exit_index[j] and t == r.finish_ms[j]
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(r.outputs[j]))
