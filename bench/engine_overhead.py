@@ -53,7 +53,7 @@ def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None
             lat.seed(model_name, "t", np.asarray(ex.run(Batch(model_name, [r], 1, sb, 0.0)).solo_ms), shape_bucket=sb)
     def engine_pass() -> tuple[float, list[Batch]]:
         rec = BatchLog(ex)
-        eng = Engine(Scheduler(make_policy(policy), [spec], lat), rec)
+        eng = Engine(Scheduler(make_policy(policy), [spec], lat), rec, owns_executor=False)
         now = eng.now()
         futs = [eng.submit(Request(model_name, "t", now, now + 1e9, size=it.size, payload=it)) for it in pick]
         t0 = time.perf_counter()

@@ -42,9 +42,10 @@ class Engine:
     #: to be woken (it should not happen; polling keeps requests from hanging).
     IDLE_POLL_S = 0.005
 
-    def __init__(self, scheduler: Scheduler, executor: Executor, clock: Callable[[], float] = perf_ms):
+    def __init__(self, scheduler: Scheduler, executor: Executor, clock: Callable[[], float] = perf_ms, owns_executor: bool = True):
         self.scheduler = scheduler
         self.executor = executor
+        self.owns_executor = owns_executor  # close it at shutdown (False: it serves later engines)
         self.clock = clock
         self._cv = threading.Condition()
         self._futures: dict[int, Future] = {}
@@ -56,10 +57,14 @@ class Engine:
         self.background_compiles = 0
         self.prewarm_requests = 0
         self.early_answers = 0
-        if getattr(executor, "on_compiled", "absent") is None:
-            executor.on_compiled = self.mark_compiled  # background compiles feed the latency model
-        if getattr(executor, "on_exit", "absent") is None:
-            executor.on_exit = self.answer_early  # early exits are answered when they exit
+        # An executor serves one engine at a time: its hooks point at this engine
+        # (background compiles feed the latency model; early exits are answered when
+        # they exit) until shutdown hands them back.
+        self._hooks = [h for h in ("on_compiled", "on_exit") if hasattr(executor, h)]
+        if "on_compiled" in self._hooks:
+            executor.on_compiled = self.mark_compiled
+        if "on_exit" in self._hooks:
+            executor.on_exit = self.answer_early
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> Engine:
@@ -86,7 +91,10 @@ class Engine:
             self._thread.join(timeout)
         with self._cv:
             self._cancel_queued("shutdown")
-        self.executor.close()
+        for h in self._hooks:
+            setattr(self.executor, h, None)
+        if self.owns_executor:
+            self.executor.close()
 
     @property
     def alive(self) -> bool:
@@ -183,9 +191,12 @@ class Engine:
         """
         spec = self.scheduler.models[batch.model]
         exact = spec.batch_bucket(len(batch))
-        cold = not self.executor.is_warm(batch.model, exact, batch.shape_bucket)
-        if cold and self.executor.request_compile(batch.model, exact, batch.shape_bucket):
-            self.prewarm_requests += 1
+        try:
+            cold = not self.executor.is_warm(batch.model, exact, batch.shape_bucket)
+            if cold and self.executor.request_compile(batch.model, exact, batch.shape_bucket):
+                self.prewarm_requests += 1
+        except RuntimeError:  # e.g. the executor's compiler is closed: pre-warming is optional
+            pass
 
     def _run(self, batch) -> BatchResult:
         t0 = self.clock()

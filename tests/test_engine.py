@@ -271,3 +271,24 @@ def test_early_exit_is_answered_when_it_exits():
     assert (r0.outcome, r0.finish_ms, r0.output, r0.exit_index) == (Outcome.ON_TIME, 5.0, "early", 0)
     assert (r1.outcome, r1.finish_ms, r1.output, r1.exit_index) == (Outcome.LATE, 50.0, "late", 2)
     assert eng.early_answers == 1 and lat.dist(M, "a").n == 2
+
+
+def test_executor_hooks_follow_the_engine_that_serves():
+    """Regression: an executor shared by engines one after another (the benchmarks run
+    one engine per policy) must answer early exits through the engine serving now. Before,
+    the first engine's hook stayed set, the second engine never hooked, and every batch
+    failed inside the stale engine."""
+    clock = FakeClock()
+    ex = EarlyExiter(clock)
+    for _ in range(2):
+        lat = LatencyModel()
+        lat.mark_all_warm(M)
+        eng = Engine(Scheduler(make_policy("fifo"), [ModelSpec(M, (1, 2))], lat), ex, clock=clock, owns_executor=False)
+        ex.seen.clear()
+        r0, r1 = req(5, 1e9), req(50, 1e9)
+        f0, f1 = eng.submit(r0), eng.submit(r1)
+        f0.add_done_callback(lambda _: ex.seen.set())
+        with eng:
+            assert f0.result(timeout=5).outcome is Outcome.ON_TIME
+            assert f1.result(timeout=5).outcome is Outcome.ON_TIME
+        assert eng.early_answers == 1 and ex.on_exit is None
