@@ -225,27 +225,36 @@ def setup_zoo(workload: str, max_batch: int, *, cache_dir=None, compile_cache_di
     )
 
 
-def _engine_capacity(model_name, tag, ex, spec, items, rng, n: int = 400) -> float:
-    """Requests/s of the live engine at saturation with full batches (static, max batch).
+def _engine_capacity(model_name, tag, ex, spec, items, rng, batches_per_shape: int = 8) -> float:
+    """Requests/s of the live engine at the max batch over the inputs' length mix.
 
-    Measured through the engine, over the inputs' real length mix, so the
-    arrival rate `load x capacity` accounts for padding and the per-batch
-    overhead that a device-time estimate misses.
+    For each shape bucket, `batches_per_shape` full batches of inputs of that
+    bucket only are pushed through the engine at once (static batching at the
+    max batch: every batch is full and none is padded across buckets). The
+    capacity is the harmonic mix of those throughputs by the inputs' bucket
+    shares, so it includes the engine's per-batch overhead that a device-time
+    estimate misses, and no cross-bucket padding that would understate it.
     """
-    lat = LatencyModel()
-    for bb in spec.batch_buckets:
-        for sb in spec.shape_buckets:
-            lat.mark_warm(model_name, bb, sb)
-    eng = Engine(Scheduler(make_policy("static"), [spec], lat), ex, owns_executor=False)
-    pick = rng.integers(0, len(items), size=n)
-    now = eng.now()
-    futs = [eng.submit(Request(model_name, tag, now, math.inf, size=items[int(i)].size, payload=items[int(i)])) for i in pick]
-    t0 = time.perf_counter()
-    eng.start()
-    wait(futs, timeout=600)
-    dt = time.perf_counter() - t0
-    eng.shutdown()
-    return n / dt
+    max_b = spec.max_batch
+    sizes = np.array([spec.shape_bucket(it.size) for it in items])
+    time_per_req = 0.0
+    for sb in spec.shape_buckets:
+        pool = np.flatnonzero(sizes == sb)
+        if not len(pool):
+            continue
+        lat = LatencyModel()
+        lat.mark_all_warm(model_name)
+        eng = Engine(Scheduler(make_policy("static"), [spec], lat), ex, owns_executor=False)
+        pick = rng.choice(pool, size=batches_per_shape * max_b, replace=len(pool) < batches_per_shape * max_b)
+        now = eng.now()
+        futs = [eng.submit(Request(model_name, tag, now, math.inf, size=items[int(i)].size, payload=items[int(i)])) for i in pick]
+        t0 = time.perf_counter()
+        eng.start()
+        wait(futs, timeout=600)
+        dt = time.perf_counter() - t0
+        eng.shutdown()
+        time_per_req += (len(pool) / len(items)) * dt / len(pick)
+    return 1.0 / time_per_req
 
 
 def zoo_trace(z: ZooSetup, *, load: float, n: int, seed: int, arrival: str) -> tuple[np.ndarray, np.ndarray]:
