@@ -69,6 +69,16 @@ class EmpiricalDist:
         arr = np.asarray(xs, dtype=np.float64).ravel()
         if arr.size and (not np.all(np.isfinite(arr)) or arr.min() < 0):
             raise ValueError("execution times must be finite and >= 0")
+        # A few new samples into a sorted window: update the sorted copy in place of a
+        # full re-sort (the scheduler reads it at every decision; batches add 1-8 samples).
+        keep_sorted = None
+        if self._sorted is not None and 0 < arr.size <= 16 and arr.size < self.window:
+            pos = (self._pos + np.arange(arr.size)) % self.window
+            evicted = self._buf[pos[pos < self._pos]] if self._n < self.window else self._buf[pos]
+            srt = self._sorted
+            if evicted.size:
+                srt = np.delete(srt, _positions_of(srt, evicted))
+            keep_sorted = np.insert(srt, np.searchsorted(srt, np.sort(arr)), np.sort(arr))
         if arr.size >= self.window:
             self._buf[:] = arr[-self.window :]
             self._pos = 0
@@ -84,7 +94,7 @@ class EmpiricalDist:
             self._pos = end % self.window
             self._n = min(self._n + arr.size, self.window)
         self.total += arr.size
-        self._sorted = None
+        self._sorted = keep_sorted
 
     # -- queries ---------------------------------------------------------
     @property
@@ -143,6 +153,15 @@ class EmpiricalDist:
         if self._n == 0:
             return "EmpiricalDist(n=0)"
         return f"EmpiricalDist(n={self._n}, mean={self.mean():.3g}, p99={float(self.quantile(0.99)):.3g})"
+
+
+def _positions_of(sorted_arr: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Distinct indices in `sorted_arr` holding `values` (a multiset drawn from it)."""
+    v = np.sort(values)
+    first = np.searchsorted(sorted_arr, v, side="left")
+    # Equal values take consecutive slots: offset each by its rank among equals.
+    rank = np.arange(v.size) - np.searchsorted(v, v, side="left")
+    return first + rank
 
 
 class GridDist:
