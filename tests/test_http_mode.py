@@ -52,14 +52,16 @@ def check_report(rep: dict, n: int, ks: list[float]) -> None:
 
 
 def test_run_http_with_given_rate(url):
-    spec = BenchSpec(policies=["fifo"], slo_ks=[50.0, 100.0], load=0.5, n_requests=30, seed=1, arrival="poisson")
+    # k x the probe's P99 (well under a millisecond on the free fake device): k = 500
+    # keeps the SLO far above scheduling noise on a shared machine.
+    spec = BenchSpec(policies=["fifo"], slo_ks=[500.0, 1000.0], load=0.5, n_requests=30, seed=1, arrival="poisson")
     xs = images(16)
     rep = run_http(spec, "fake-img", url, model=IMG, inputs=xs, rate_rps=150.0, probe_n=10)
-    check_report(rep, 30, [50.0, 100.0])
+    check_report(rep, 30, [500.0, 1000.0])
     assert rep["load"] is None and rep["profile"]["rate_rps"] == 150.0
     assert rep["profile"]["slo_source"] == "probe" and rep["profile"]["solo_p99_ms"] > 0
     # a free fake device and a generous SLO: everything on time
-    assert all(r["on_time"] == 30 and r["codes"] == {} for r in rep["results"])
+    assert all(r["on_time"] == 30 and r["codes"] == {} for r in rep["results"]), [(r["on_time"], r["late"], r["codes"], r["slo_ms"]) for r in rep["results"]]
     assert rep["results"][0]["exits"] and sum(rep["results"][0]["exits"]) == 30
 
 
