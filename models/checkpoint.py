@@ -160,6 +160,22 @@ def config_from_dict(cls: type, data: Mapping[str, Any], path: Path | str = "<co
 # ----------------------------------------------------------------------------- save
 
 
+def load_config(path: Path, doc: Mapping[str, Any], kind: str, cls: type,
+                serving_fields: tuple[str, ...], overrides: Mapping[str, Any]) -> Any:
+    """The checkpoint's config as `cls`, with serving-only `overrides` applied.
+
+    Checks that the checkpoint holds a model of `kind` and that only
+    `serving_fields` are overridden (lists become tuples, as in the config).
+    """
+    if doc["model"] != kind:
+        raise CheckpointError(f"{path}: model is {doc['model']!r}, expected {kind!r}")
+    bad = sorted(set(overrides) - set(serving_fields))
+    if bad:
+        raise TypeError(f"cannot override {bad}; allowed: {serving_fields}")
+    cfg = config_from_dict(cls, doc["config"], path / CONFIG_FILE)
+    return dataclasses.replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+
 def _checkpointer() -> Any:
     """A synchronous orbax checkpointer (no background threads outliving a call)."""
     import orbax.checkpoint as ocp

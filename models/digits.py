@@ -21,7 +21,6 @@ Activations: ``{"x": float32 [B, H, W, C]}``; stage outputs: ``{"logits": [B, 10
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -334,12 +333,5 @@ def from_checkpoint(path: str | os.PathLike[str], doc: dict[str, Any] | None = N
                     **overrides: Any) -> DigitsModel:
     path = Path(path).expanduser()
     doc = ck.read_config(path) if doc is None else doc
-    if doc["model"] != "digits":
-        raise ck.CheckpointError(f"{path}: model is {doc['model']!r}, expected 'digits'")
-    bad = sorted(set(overrides) - set(SERVING_FIELDS))
-    if bad:
-        raise TypeError(f"cannot override {bad}; allowed: {SERVING_FIELDS}")
-    cfg = ck.config_from_dict(DigitsConfig, doc["config"], path / ck.CONFIG_FILE)
-    cfg = dataclasses.replace(
-        cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    cfg = ck.load_config(path, doc, "digits", DigitsConfig, SERVING_FIELDS, overrides)
     return DigitsModel(cfg, ck.restore_params(path, param_spec(cfg)))

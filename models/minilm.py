@@ -23,7 +23,6 @@ rounding of differently shaped reductions).
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.resources
 import importlib.util
 import json
@@ -375,14 +374,7 @@ def from_checkpoint(path: str | os.PathLike[str], doc: dict[str, Any] | None = N
     """Restore a :class:`MiniLM` from a checkpoint directory (see :mod:`models.checkpoint`)."""
     path = Path(path).expanduser()
     doc = ck.read_config(path) if doc is None else doc
-    if doc["model"] != "minilm":
-        raise ck.CheckpointError(f"{path}: model is {doc['model']!r}, expected 'minilm'")
-    bad = sorted(set(overrides) - set(SERVING_FIELDS))
-    if bad:
-        raise TypeError(f"cannot override {bad}; allowed: {SERVING_FIELDS}")
-    cfg = ck.config_from_dict(MiniLMConfig, doc["config"], path / ck.CONFIG_FILE)
-    cfg = dataclasses.replace(
-        cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    cfg = ck.load_config(path, doc, "minilm", MiniLMConfig, SERVING_FIELDS, overrides)
     tok = path / TOKENIZER_FILE
     if not tok.is_file():
         raise ck.CheckpointNotFoundError(f"checkpoint {path}: file {TOKENIZER_FILE!r} is missing")

@@ -166,6 +166,11 @@ class _Group:
 class Orloj(Policy):
     Config = OrlojConfig
 
+    def bind(self, models, latency) -> None:
+        super().bind(models, latency)
+        self._emax_cache: dict[tuple, np.ndarray] = {}
+        self._qthr_cache: dict[int, tuple[int, float]] = {}
+
     def select(self, queue, now: float) -> Decision:
         drops: list = []
         best: tuple[float, Decision] | None = None
@@ -295,7 +300,7 @@ class Orloj(Policy):
         thr, lat = self.config.drop_threshold, self.latency
         if thr <= 0 or lat.is_cold(cid):
             return 0.0
-        cache = self.__dict__.setdefault("_qthr_cache", {})
+        cache = self._qthr_cache
         d = lat.dists[cid]
         hit = cache.get(cid)
         # Refreshed like the CDF tables: once the window has changed by ~3%.
@@ -310,7 +315,7 @@ class Orloj(Policy):
         decisions reuse it (the [V, K] exponential is the search's largest cost).
         """
         key = (grp.model, grp.shape, tuple(grp.cids), self.latency.table_version(grp.model, list(grp.cids)))
-        cache = self.__dict__.setdefault("_emax_cache", {})
+        cache = self._emax_cache
         val = cache.get(key)
         if val is None:
             if len(cache) > 256:
