@@ -74,6 +74,7 @@ def _cls(name: str, base: type[OrlojError], code: str, doc: str) -> type[OrlojEr
 
 
 BadBodyError = _cls("BadBodyError", BadRequestError, "bad_body", ERRORS["bad_body"][1])
+UnauthorizedError = _cls("UnauthorizedError", BadRequestError, "unauthorized", ERRORS["unauthorized"][1])
 UnknownModelError = _cls("UnknownModelError", BadRequestError, "unknown_model", ERRORS["unknown_model"][1])
 NotFoundError = _cls("NotFoundError", BadRequestError, "not_found", ERRORS["not_found"][1])
 MethodNotAllowedError = _cls("MethodNotAllowedError", BadRequestError, "method_not_allowed",
@@ -107,7 +108,7 @@ QueueTimeoutError = _cls("QueueTimeoutError", DeadlineError, "queue_timeout", ER
 #: server code -> exception class (every code of server.errors.ERRORS)
 ERROR_CLASSES: dict[str, type[OrlojError]] = {
     c.code: c for c in (
-        BadBodyError, UnknownModelError, NotFoundError, MethodNotAllowedError, BodyTooLargeError,
+        BadBodyError, UnauthorizedError, UnknownModelError, NotFoundError, MethodNotAllowedError, BodyTooLargeError,
         UnsupportedMediaTypeError, MissingFieldError, UnknownFieldError, InvalidFieldError,
         EmptyInputsError, TooManyItemsError, InvalidDtypeError, InvalidShapeError, InvalidValueError,
         InputTooLargeError, TooManyTagsError, RequestCancelledError, ExecutionFailedError,
@@ -203,6 +204,15 @@ def _json(resp: httpx.Response) -> Any:
     return _decode(resp)
 
 
+def _auth(api_key: str | None, httpx_options: dict[str, Any]) -> dict[str, Any]:
+    """httpx options with ``Authorization: Bearer <api_key>`` on every request (if a key)."""
+    if api_key is None:
+        return httpx_options
+    headers = dict(httpx_options.get("headers") or {})
+    headers["authorization"] = f"Bearer {api_key}"
+    return {**httpx_options, "headers": headers}
+
+
 class _Base:
     def __init__(self, url: str, fmt: str):
         if fmt not in CONTENT_TYPES:
@@ -225,9 +235,9 @@ class Client(_Base):
     """Synchronous client; ``fmt="json"`` speaks JSON instead of msgpack."""
 
     def __init__(self, url: str = "http://127.0.0.1:8000", *, timeout: float | None = 60.0,
-                 fmt: str = "msgpack", **httpx_options: Any):
+                 fmt: str = "msgpack", api_key: str | None = None, **httpx_options: Any):
         super().__init__(url, fmt)
-        self.http = httpx.Client(timeout=timeout, **httpx_options)
+        self.http = httpx.Client(timeout=timeout, **_auth(api_key, httpx_options))
 
     def infer(self, model: str, inputs: Any, *, slo_ms: float | None = None, tag: str | None = None,
               early_exit: bool | None = None, id: str | int | None = None) -> InferResult:
@@ -266,9 +276,9 @@ class AsyncClient(_Base):
     """Asynchronous client (httpx.AsyncClient); same methods as :class:`Client`, awaited."""
 
     def __init__(self, url: str = "http://127.0.0.1:8000", *, timeout: float | None = 60.0,
-                 fmt: str = "msgpack", **httpx_options: Any):
+                 fmt: str = "msgpack", api_key: str | None = None, **httpx_options: Any):
         super().__init__(url, fmt)
-        self.http = httpx.AsyncClient(timeout=timeout, **httpx_options)
+        self.http = httpx.AsyncClient(timeout=timeout, **_auth(api_key, httpx_options))
 
     async def infer(self, model: str, inputs: Any, *, slo_ms: float | None = None, tag: str | None = None,
                     early_exit: bool | None = None, id: str | int | None = None) -> InferResult:

@@ -15,6 +15,8 @@ from typing import Any
 ERRORS: dict[str, tuple[int, str]] = {
     # 400
     "bad_body": (400, "the body is not valid msgpack / JSON, or is not a map"),
+    # 401
+    "unauthorized": (401, "the server requires an API key: `Authorization: Bearer <key>` is missing or wrong"),
     # 404 / 405 / 413 / 415
     "unknown_model": (404, "the model is not served (names are matched against the registry)"),
     "not_found": (404, "no such route"),

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .app import ArrayInput, Backend, ServedModel, ServerConfig, TextInput, create_app
+from .lifecycle import StartupFailed, run_server
+from .security import API_KEY_ENV, resolve_api_key
 
 DEFAULT_MODELS = ("minilm", "digits-ee", "digits-static")
 #: default SLO per zoo model (ms); any other model gets FALLBACK_SLO_MS.
@@ -117,9 +119,11 @@ def serve(
     config: ServerConfig | None = None,
     log_level: str = "info",
 ) -> None:
-    """Load the models, warm their shapes, serve until interrupted (uvicorn, uvloop, httptools)."""
-    import uvicorn
+    """Load the models, warm their shapes, serve until SIGTERM / SIGINT (uvicorn, uvloop, httptools).
 
+    Returns after a graceful shutdown; raises :class:`server.lifecycle.StartupFailed` if
+    start-up fails (a missing or corrupt checkpoint, a failed compile).
+    """
     from models import MODEL_NAMES
     from orloj_jax.policies import policy_names
 
@@ -131,9 +135,9 @@ def serve(
     factory = zoo_factory(models, cache_dir=cache_dir, max_batch=max_batch, policy=policy,
                           policy_options=policy_options, max_queue=max_queue,
                           compile_cache_dir=compile_cache_dir, slo_ms=slo_ms, warm=warm)
-    app = create_app(factory, config or ServerConfig())
-    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
-                log_level=log_level, timeout_graceful_shutdown=30)
+    config = config or ServerConfig()
+    app = create_app(factory, config)
+    run_server(app, host=host, port=port, log_level=log_level, drain_timeout_s=config.drain_timeout_s)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -170,6 +174,11 @@ def build_parser(prog: str = "orloj serve") -> argparse.ArgumentParser:
                    help="shapes compiled before ready: every batch bucket, batch 1 only, or none")
     p.add_argument("--max-body-bytes", type=int, default=ServerConfig.max_body_bytes)
     p.add_argument("--max-items", type=int, default=ServerConfig.max_items)
+    p.add_argument("--drain-timeout-s", type=float, default=ServerConfig.drain_timeout_s,
+                   help="on SIGTERM, how long queued work may run before it is answered shutting_down")
+    p.add_argument("--api-key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' on every route but /health/* (or set ${API_KEY_ENV}; "
+                   "the variable keeps the key out of the process list)")
     p.add_argument("--wait-ready", action="store_true",
                    help="accept connections only once models are loaded and warmed")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
@@ -181,12 +190,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = [m.strip() for m in a.models.split(",") if m.strip()]
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = ServerConfig(max_body_bytes=a.max_body_bytes, max_items=a.max_items, wait_ready=a.wait_ready)
+        if not (math.isfinite(a.drain_timeout_s) and a.drain_timeout_s >= 0):
+            raise ValueError(f"--drain-timeout-s must be finite and >= 0, got {a.drain_timeout_s}")
+        config = ServerConfig(max_body_bytes=a.max_body_bytes, max_items=a.max_items, wait_ready=a.wait_ready,
+                              drain_timeout_s=a.drain_timeout_s, api_key=resolve_api_key(a.api_key))
         unknown = sorted(set(a.slo_ms) - set(models))
         if unknown:
             raise ValueError(f"--slo-ms names model(s) not served: {unknown}")
         serve(a.host, a.port, models, a.policy, a.max_batch, a.compile_cache_dir, a.max_queue,
               cache_dir=a.cache_dir, slo_ms=a.slo_ms, warm=a.warm, config=config, log_level=a.log_level)
+    except StartupFailed as e:
+        print(f"orloj serve: start-up failed: {e}", file=sys.stderr)
+        return 1
     except (ValueError, KeyError) as e:
         print(f"orloj serve: {e}", file=sys.stderr)
         return 2
