@@ -1,6 +1,7 @@
 """`orloj`: the command line.
 
     orloj bench ...            benchmark policies (sim mode today)
+    orloj bench --suite paper --out DIR   the published evaluation's sweep and its report
     orloj train digits ...     train digits-ee / digits-static into the model cache
     orloj prepare [--models]   fill the model cache (convert minilm, train digits)
     orloj profile --model NAME --out PROFILE.json   per-shape stage and compile times
@@ -36,6 +37,7 @@ def _ints(s: str) -> tuple[int, ...]:
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmark policies on a workload or a trace")
     p.add_argument("--list-workloads", action="store_true", help="list workloads and exit")
+    p.add_argument("--suite", choices=["paper", "tiny"], help="run a whole benchmark suite with its report (see `orloj bench --suite paper --help`)")
     p.add_argument("--mode", choices=["sim", "engine", "http"], default="sim")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--workload", help="a built-in workload (see --list-workloads)")
@@ -184,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         from .profile import main as profile
 
         return profile(argv[1:])
+    if argv[:1] == ["bench"] and any(x == "--suite" or x.startswith("--suite=") for x in argv[1:]):
+        from .suite import main as suite_main
+
+        return suite_main(argv[1:])
     if argv[:2] == ["train", "digits"]:
         from models.train_digits import main as train_digits
 
