@@ -77,11 +77,20 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack ext type {code} is not accepted")
 
 
+def _str_keys(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    """Maps with string keys only (strict_map_key still lets a bin key through)."""
+    for k, _ in pairs:
+        if type(k) is not str:
+            raise ValueError(f"map keys must be strings, got {type(k).__name__}")
+    return dict(pairs)
+
+
 def decode_msgpack(body: bytes, limits: DecodeLimits) -> Any:
     up = msgpack.Unpacker(
         raw=False,
         use_list=True,
         strict_map_key=True,
+        object_pairs_hook=_str_keys,
         max_buffer_size=max(1, min(limits.max_buffer_size, len(body))),
         max_str_len=limits.max_str_len,
         max_bin_len=limits.max_bin_len,
@@ -121,7 +130,9 @@ def _json_depth(obj: Any, limit: int) -> None:
 
 def decode_json(body: bytes, limits: DecodeLimits) -> Any:
     try:
-        obj = json.loads(body, parse_constant=_reject_constant)
+        # strict UTF-8 (RFC 8259): json.loads(bytes) would detect UTF-16/32 and let
+        # surrogates encoded in UTF-8 through ('surrogatepass')
+        obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
         _json_depth(obj, limits.max_json_depth)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError included
         raise ApiError("bad_body", f"undecodable JSON body: {e}") from None

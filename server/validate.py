@@ -127,7 +127,10 @@ def parse_infer(obj: Any, served: ServedModel, config: ServerConfig) -> InferCal
     if not _is_number(slo):
         raise ApiError("invalid_field", f"'slo_ms' must be a number, got {_tname(slo)} {_short(slo)}",
                        field="slo_ms")
-    slo = float(slo)
+    try:
+        slo = float(slo)
+    except OverflowError:  # a JSON integer beyond the float range
+        slo = math.inf
     if not math.isfinite(slo) or slo <= 0 or slo > config.max_slo_ms:
         raise ApiError("invalid_field",
                        f"'slo_ms' must be finite, > 0 and <= {config.max_slo_ms:g}, got {slo!r}",
@@ -138,7 +141,7 @@ def parse_infer(obj: Any, served: ServedModel, config: ServerConfig) -> InferCal
                        f"'tag' must be 1-{config.max_tag_len} characters of [A-Za-z0-9_.:-] "
                        f"starting with a letter or digit, got {_short(tag)}", field="tag")
     rid = obj.get("id")
-    ok_str = isinstance(rid, str) and len(rid) <= config.max_id_len
+    ok_str = isinstance(rid, str) and len(rid) <= config.max_id_len and _is_unicode(rid)
     ok_int = isinstance(rid, int) and not isinstance(rid, bool) and -(2**63) <= rid < 2**63
     if rid is not None and not (ok_str or ok_int):
         raise ApiError("invalid_field",
@@ -157,7 +160,21 @@ def _check_text(v: Any, where: str, spec: TextInput) -> str:
     if len(v) > spec.max_chars:
         raise ApiError("invalid_value", f"'{where}' has {len(v)} characters; at most {spec.max_chars}",
                        field=where)
+    if not _is_unicode(v):
+        raise ApiError("invalid_value", f"'{where}' is not valid Unicode (it holds a lone surrogate)",
+                       field=where)
     return v
+
+
+def _is_unicode(s: str) -> bool:
+    """False for a string holding lone surrogates (possible through JSON's \\ud800 escapes)."""
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_nested(data: Any, shape: tuple[int, ...], where: str, integer: bool) -> None:
@@ -228,8 +245,12 @@ def _check_array(v: Any, where: str, spec: ArrayInput) -> np.ndarray:
             if any(not info.min <= x <= info.max for x in np.asarray(data, dtype=object).ravel()):
                 raise ApiError("invalid_value", f"'{where}.data' has values outside {dtype}'s range "
                                f"[{info.min}, {info.max}]", field=f"{where}.data")
-        with np.errstate(over="ignore"):
-            arr = np.asarray(data, dtype=dt.newbyteorder("=")).reshape(shp)
+        try:
+            with np.errstate(over="ignore"):
+                arr = np.asarray(data, dtype=dt.newbyteorder("=")).reshape(shp)
+        except OverflowError:  # a JSON integer beyond the float range
+            raise ApiError("invalid_value", f"'{where}.data' has values outside {dtype}'s range",
+                           field=f"{where}.data") from None
     else:
         raise ApiError("invalid_field", f"'{where}.data' must be bytes or a nested list, got {_tname(data)}",
                        field=f"{where}.data")
