@@ -1,16 +1,26 @@
-"""The live loop: one scheduler, one executor, one device thread, one future per request.
+"""The live loop: one scheduler, one executor, one device thread, one answer per request.
 
-A request's life here: `submit(req)` (any thread) queues it in the
-scheduler under the engine lock and returns a `concurrent.futures.Future`
-(`asyncio.wrap_future` makes it awaitable). The device thread waits for
-work, asks `Scheduler.next_batch(now)` (resolving the futures of requests
-the policy dropped), runs the batch on the executor *outside* the lock so
-that submissions keep flowing, and reports `Scheduler.on_done`, which
-resolves the members' futures. An executor exception fails that batch's
-requests (outcome FAILED, with the error) and the engine keeps serving; a
-crash of the loop itself fails every waiting future loudly instead of
-leaving callers hanging. `shutdown(drain=True)` stops accepting, serves
-what is queued, and cancels whatever is left after the timeout.
+A request's life here: `submit(req)` (any thread) appends it to a lock-free
+inbox and returns a `concurrent.futures.Future` (`asyncio.wrap_future` makes
+it awaitable), or, given a `callback`, arranges for `callback(req)` to be
+called exactly once instead (no Future is built: the server's hot path). The
+device thread moves the inbox into the scheduler, asks
+`Scheduler.next_batch(now)` (answering the requests the policy dropped), runs
+the batch on the executor *outside* the engine lock, and reports
+`Scheduler.on_done`, which answers the members. An executor exception fails
+that batch's requests (outcome FAILED, with the error) and the engine keeps
+serving; a crash of the loop itself fails every waiting request loudly
+instead of leaving callers hanging. `shutdown(drain=True)` stops accepting,
+serves what is queued, and cancels whatever is left after the timeout.
+
+Why an inbox: submitting used to take the engine lock, which the device thread
+holds while the policy decides; under load the server's event loop spent a
+seventh of its time blocked there. Now a submission is a `deque.append` (atomic
+under the GIL) plus an `Event.set` only when the device thread sleeps; the
+scheduler itself is touched by the device thread, and by the rare `cancel` /
+`mark_compiled` calls, always under the lock. Admission against the queue bound
+is checked at submit time on the (exact enough) depth of queue plus inbox, so
+an overloaded engine refuses at once, and again exactly by `Scheduler.add`.
 
 Every future resolves to the `Request` itself, carrying its outcome.
 """
@@ -19,13 +29,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 
 import numpy as np
 
 from .executor import Executor
-from .request import Outcome, Request
+from .request import Outcome, Request, Status
 from .scheduler import BatchResult, Scheduler
 
 
@@ -35,6 +46,10 @@ class EngineClosed(RuntimeError):
 
 def perf_ms() -> float:
     return time.perf_counter() * 1000.0
+
+
+#: what an answer is delivered to: a Future (set_result) or a callback(req)
+Sink = Future | Callable[[Request], None]
 
 
 class Engine:
@@ -47,8 +62,11 @@ class Engine:
         self.executor = executor
         self.owns_executor = owns_executor  # close it at shutdown (False: it serves later engines)
         self.clock = clock
-        self._cv = threading.Condition()
-        self._futures: dict[int, Future] = {}
+        self._lock = threading.RLock()  # guards the scheduler and _pending
+        self._wake = threading.Event()
+        self._idle = False  # the device thread sleeps (or is about to): submit must wake it
+        self._inbox: deque[tuple[Request, Sink]] = deque()
+        self._pending: dict[int, tuple[Request, Sink]] = {}  # every request in the scheduler
         self._closing = False
         self._dead: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -82,14 +100,16 @@ class Engine:
 
     def shutdown(self, drain: bool = True, timeout: float = 30.0) -> None:
         """Stop accepting; serve the queue (drain) within `timeout` s; cancel the rest."""
-        with self._cv:
+        with self._lock:
             self._closing = True
             if not drain:
+                self._drain_inbox()
                 self._cancel_queued("shutdown")
-            self._cv.notify_all()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        with self._cv:
+        with self._lock:
+            self._drain_inbox()
             self._cancel_queued("shutdown")
         for h in self._hooks:
             setattr(self.executor, h, None)
@@ -104,22 +124,47 @@ class Engine:
     def now(self) -> float:
         return self.clock()
 
-    def submit(self, req: Request) -> Future:
-        """Queue `req` (arrival and deadline on this engine's clock); a future of the finished request."""
-        fut: Future = Future()
-        with self._cv:
-            if self._closing or self._dead is not None:
-                raise EngineClosed("engine is shutting down" if self._dead is None else f"engine died: {self._dead!r}")
-            if self.scheduler.add(req, self.clock()):
-                self._futures[req.id] = fut
-                self._cv.notify()
-            else:
-                fut.set_result(req)  # rejected at admission: answered at once
-        return fut
+    def _closed_error(self) -> EngineClosed:
+        return EngineClosed("engine is shutting down" if self._dead is None else f"engine died: {self._dead!r}")
+
+    def submit(self, req: Request, callback: Callable[[Request], None] | None = None) -> Future | None:
+        """Queue `req` (arrival and deadline on this engine's clock).
+
+        Without `callback`: returns a future of the finished request. With it:
+        returns None and calls `callback(req)` exactly once when `req` is answered,
+        from the device thread (or from this thread, if refused at once); the
+        callback must be quick and must not block.
+        """
+        if self._closing or self._dead is not None:
+            raise self._closed_error()
+        if req.model not in self.scheduler.models:
+            raise ValueError(f"unknown model {req.model!r}; served: {sorted(self.scheduler.models)}")
+        if req.status is not Status.QUEUED or req.outcome is not None:
+            raise ValueError(f"request {req.id} was already scheduled (status {req.status.name})")
+        sink: Sink = Future() if callback is None else callback
+        if len(self.scheduler.queue) + len(self._inbox) >= self.scheduler.config.max_queue:
+            req.finish(Outcome.REJECTED, self.clock(), "queue_full")  # refused at once, before queueing
+            self.scheduler.stats["rejected"] += 1
+            self._deliver(req, sink)
+            return None if callback is not None else sink
+        entry = (req, sink)
+        self._inbox.append(entry)
+        if self._idle:
+            self._wake.set()
+        if self._closing or self._dead is not None:  # raced with shutdown / a crash
+            with self._lock:
+                try:
+                    self._inbox.remove(entry)
+                except ValueError:
+                    pass  # the device thread took it: it will be answered
+                else:
+                    raise self._closed_error() from None
+        return None if callback is not None else sink
 
     def cancel(self, req: Request) -> bool:
         """Remove a still-queued request (its client went away)."""
-        with self._cv:
+        with self._lock:
+            self._drain_inbox()
             if self.scheduler.cancel(req, self.clock()):
                 self._resolve([req])
                 return True
@@ -127,21 +172,21 @@ class Engine:
 
     def mark_compiled(self, model: str, batch_bucket: int, shape_bucket: int, compile_ms: float) -> None:
         """An executable finished compiling (e.g. on the executor's background thread)."""
-        with self._cv:
+        with self._lock:
             self.scheduler.latency.observe_compile(model, batch_bucket, shape_bucket, compile_ms)
             self.background_compiles += 1
-            self._cv.notify()
+        self._wake.set()
 
     def answer_early(self, req: Request, output, exit_index: int, now: float) -> None:
-        """A member of the running batch exited early: resolve its future now (device thread)."""
-        with self._cv:
+        """A member of the running batch exited early: answer it now (device thread)."""
+        with self._lock:
             self.scheduler.finish_early(req, now, output, exit_index)
             self._resolve([req])
             self.early_answers += 1
 
     def queue_depth(self) -> int:
-        with self._cv:
-            return len(self.scheduler.queue)
+        """Requests waiting: queued in the scheduler or still in the inbox."""
+        return len(self.scheduler.queue) + len(self._inbox)
 
     # -- device thread ---------------------------------------------------
     def _main(self) -> None:
@@ -151,35 +196,80 @@ class Engine:
                 if batch is None:
                     return
                 result = self._run(batch)
-                with self._cv:
+                with self._lock:
                     self._resolve(self.scheduler.on_done(batch, result, self.clock()))
         except BaseException as e:  # a bug in the loop: fail loudly, never hang callers
-            with self._cv:
+            with self._lock:
                 self._dead = e
-                for fut in self._futures.values():
-                    if not fut.done():
-                        fut.set_exception(RuntimeError(f"orloj engine crashed: {e!r}"))
-                self._futures.clear()
+                self._fail_all(f"orloj engine crashed: {e!r}")
             raise
 
+    def _fail_all(self, reason: str) -> None:
+        """The loop died: every request waiting here gets an error (lock held).
+
+        A future gets the exception; a callback gets its request, finished FAILED."""
+        now = self.clock()
+        while self._inbox:
+            req, sink = self._inbox.popleft()
+            self._pending[req.id] = (req, sink)
+        err = RuntimeError(reason)
+        pending, self._pending = self._pending, {}
+        for req, sink in pending.values():
+            if isinstance(sink, Future):
+                if not sink.done():
+                    sink.set_exception(err)
+                continue
+            if req.status is not Status.FINISHED:
+                req.finish(Outcome.FAILED, now, reason)
+            sink(req)
+
+    def _drain_inbox(self) -> None:
+        """Move submitted requests into the scheduler (lock held)."""
+        inbox = self._inbox
+        if not inbox:
+            return
+        sched, pending, now = self.scheduler, self._pending, self.clock()
+        while inbox:
+            entry = inbox.popleft()  # only lock holders pop: it cannot be empty here
+            req = entry[0]
+            if sched.add(req, now):
+                pending[req.id] = entry
+            else:  # rejected (queue full): answered at once
+                self._deliver(req, entry[1])
+
     def _next_batch(self):
-        with self._cv:
+        lock = self._lock
+        with lock:
             while True:
-                if not len(self.scheduler.queue):
-                    if self._closing:
-                        return None
-                    self._cv.wait()
+                self._drain_inbox()
+                wait_s: float | None = None
+                if len(self.scheduler.queue):
+                    now = self.clock()
+                    out = self.scheduler.next_batch(now)
+                    self._resolve(out.finished)
+                    if out.batch is not None:
+                        self._prewarm(out.batch)
+                        return out.batch
+                    if out.wake_at is not None:
+                        wait_s = max(0.0, (out.wake_at - now) / 1000.0)
+                    elif len(self.scheduler.queue):
+                        wait_s = self.IDLE_POLL_S
+                    else:
+                        continue  # everything was dropped: look again (or leave, if closing)
+                elif self._closing:
+                    return None
+                # sleep without the lock until a submission, a compile, shutdown or wait_s
+                self._idle = True
+                self._wake.clear()
+                if self._inbox or (self._closing and not len(self.scheduler.queue)):
+                    self._idle = False
                     continue
-                now = self.clock()
-                out = self.scheduler.next_batch(now)
-                self._resolve(out.finished)
-                if out.batch is not None:
-                    self._prewarm(out.batch)
-                    return out.batch
-                if out.wake_at is not None:
-                    self._cv.wait(max(0.0, (out.wake_at - now) / 1000.0))
-                elif len(self.scheduler.queue):
-                    self._cv.wait(self.IDLE_POLL_S)
+                lock.release()
+                try:
+                    self._wake.wait(wait_s)
+                finally:
+                    lock.acquire()
+                    self._idle = False
 
     def _prewarm(self, batch) -> None:
         """Pre-warm planner: the shape that traffic asked for but found cold.
@@ -212,11 +302,20 @@ class Engine:
                 error=f"{type(e).__name__}: {e}",
             )
 
+    @staticmethod
+    def _deliver(req: Request, sink: Sink) -> None:
+        if isinstance(sink, Future):
+            if not sink.done():
+                sink.set_result(req)
+        else:
+            sink(req)
+
     def _resolve(self, reqs) -> None:
+        pending = self._pending
         for r in reqs:
-            fut = self._futures.pop(r.id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(r)
+            entry = pending.pop(r.id, None)
+            if entry is not None:
+                self._deliver(r, entry[1])
 
     def _cancel_queued(self, reason: str) -> None:
         now = self.clock()

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,10 +182,19 @@ class AppState:
         self.warm_done = 0
         self.tags: dict[str, set[str]] = {}
         self.policy_info: dict[str, Any] = {}
+        self._mailbox: Mailbox | None = None
 
     @property
     def ready(self) -> bool:
         return self.phase == "ready" and self.engine is not None and self.engine.alive
+
+    def mailbox(self) -> Mailbox:
+        """The mailbox into the running event loop (one per loop; normally just one)."""
+        loop = asyncio.get_running_loop()
+        mb = self._mailbox
+        if mb is None or mb.loop is not loop:
+            mb = self._mailbox = Mailbox(loop)
+        return mb
 
     # -- start-up / shutdown ------------------------------------------------
     async def startup(self) -> None:
@@ -452,19 +462,21 @@ async def _infer(request: Request, state: AppState, backend: Backend, engine: En
     opts = {"early_exit": call.early_exit}
     reqs = [EngineRequest(name, ltag, t0, t0 + call.slo_ms, size=int(it.size), payload=(it, opts))
             for it in items]
-    futs = []
+    waiter = _ItemWaiter(state.mailbox(), engine, reqs)
+    submitted = 0
     try:
         for r in reqs:
-            futs.append(engine.submit(r))
-            if r.outcome is Outcome.REJECTED:
+            engine.submit(r, waiter.sink)
+            submitted += 1
+            if r.outcome is Outcome.REJECTED:  # refused at once: the queue is full
                 break
     except EngineClosed as e:
-        for r in reqs[: len(futs)]:
+        for r in reqs[:submitted]:
             engine.cancel(r)
         raise ApiError("shutting_down", str(e), headers={"Retry-After": str(state.config.retry_after_s)}) from None
-    rejected = reqs[len(futs) - 1]
+    rejected = reqs[submitted - 1]
     if rejected.outcome is Outcome.REJECTED:  # refused at admission: give back the queued ones
-        for r in reqs[: len(futs)]:
+        for r in reqs[:submitted]:
             engine.cancel(r)
             if r.outcome is not None:
                 state.metrics.outcome(name, r.outcome)
@@ -472,7 +484,7 @@ async def _infer(request: Request, state: AppState, backend: Backend, engine: En
                        headers={"Retry-After": str(state.config.retry_after_s)},
                        details={"queue_depth": engine.queue_depth(), "reason": rejected.reason})
 
-    gone = await _await_items(request, engine, reqs, futs)
+    gone = await waiter.wait(request)
     m = state.metrics
     key = (name,)
     for r in reqs:
@@ -516,84 +528,120 @@ async def _infer(request: Request, state: AppState, backend: Backend, engine: En
 
 
 #: how long a request's items may run before a task starts watching for its client's
-#: disconnect (see _await_items)
+#: disconnect (see _ItemWaiter.wait)
 DISCONNECT_WATCH_AFTER_S = 0.05
 
 
-async def _await_items(request: Request, engine: Engine, reqs: list[EngineRequest],
-                       futs: list) -> bool:
-    """Wait for every item; True if the client went away first (queued items cancelled).
+class Mailbox:
+    """Answers from the device thread into one event loop, one loop wake-up per burst.
 
-    Once one item ends without success the request will be answered with an error, so
-    the items still queued are cancelled instead of spending device time on them.
-
-    Cost on the hot path: one asyncio future for all the items, completed from done
-    callbacks of the engine's concurrent futures (no wrapper future per item, no
-    ``asyncio.wait`` on sets). Watching for a disconnect needs a task reading the ASGI
-    receive channel; most requests are answered within milliseconds, so that task is
-    started lazily, by a timer, only if the items are not all done after
-    ``DISCONNECT_WATCH_AFTER_S``: a client that disconnects while queued is noticed at
-    most that much later than with an eager watcher, and its queued items cancelled.
+    ``post(fn, arg)`` (any thread) queues ``fn(arg)`` to run in the loop. Only the
+    first post after the loop emptied the mailbox pays for ``call_soon_threadsafe``
+    (a write to the loop's self-pipe); the others ride along. Posting appends before
+    reading ``scheduled`` and draining clears ``scheduled`` before popping, so under
+    the GIL no post is ever left behind.
     """
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future = loop.create_future()  # result: True = client gone, False = all done
-    remaining = len(futs)
-    failed = False
 
-    def on_item(f: Any) -> None:  # in the loop, once per item
-        nonlocal remaining, failed
+    __slots__ = ("_q", "loop", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._q: deque = deque()
+        self.scheduled = False
+
+    def post(self, fn: Callable[[Any], None], arg: Any) -> None:
+        self._q.append((fn, arg))
+        if not self.scheduled:
+            self.scheduled = True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        self.scheduled = False
+        q = self._q
+        while q:
+            fn, arg = q.popleft()
+            try:
+                fn(arg)
+            except Exception:  # one waiter's bug must not strand the others
+                log.exception("answer callback failed")
+
+
+class _ItemWaiter:
+    """Waits, in the event loop, for every item of one HTTP request.
+
+    The engine answers each item by calling ``sink`` from its device thread; the
+    mailbox carries that into the loop, where ``_on_item`` counts it. Once one item
+    ends without success the request will be answered with an error, so the items
+    still queued are cancelled instead of spending device time on them.
+
+    Cost on the hot path: no Future per item and at most one loop wake-up per
+    batch of answers. Watching for a disconnect needs a task reading the ASGI
+    receive channel; most requests are answered within milliseconds, so that task
+    is started lazily, by a timer, only if the items are not all done after
+    ``DISCONNECT_WATCH_AFTER_S``: a client that disconnects while queued is noticed
+    at most that much later than with an eager watcher, and its queued items
+    cancelled.
+    """
+
+    __slots__ = ("done", "engine", "failed", "mailbox", "remaining", "reqs", "sink")
+
+    def __init__(self, mailbox: Mailbox, engine: Engine, reqs: list[EngineRequest]) -> None:
+        self.mailbox = mailbox
+        self.engine = engine
+        self.reqs = reqs
+        self.remaining = len(reqs)
+        self.failed = False
+        self.done: asyncio.Future = mailbox.loop.create_future()  # True: client gone
+        post, on_item = mailbox.post, self._on_item
+        self.sink = lambda r: post(on_item, r)
+
+    def _on_item(self, r: EngineRequest) -> None:  # in the loop, once per item
+        done = self.done
         if done.done():
             return
-        try:
-            r = f.result()
-        except BaseException as e:  # an engine crash -> internal_error
-            done.set_exception(e)
-            return
-        if r.outcome not in SUCCESS and not failed:
-            failed = True
-            for other in reqs:
+        if r.outcome not in SUCCESS and not self.failed:
+            self.failed = True
+            for other in self.reqs:
                 if other is not r:
-                    engine.cancel(other)
-        remaining -= 1
-        if remaining == 0:
+                    self.engine.cancel(other)
+        self.remaining -= 1
+        if self.remaining <= 0:
             done.set_result(False)
 
-    def from_engine(f: Any) -> None:  # in the engine's thread (or here, if already done)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(on_item, f)
+    async def wait(self, request: Request) -> bool:
+        """Wait for every item; True if the client went away first (queued items cancelled)."""
+        loop, done, engine = self.mailbox.loop, self.done, self.engine
+        watcher: asyncio.Task | None = None
 
-    watcher: asyncio.Task | None = None
+        def on_disconnect(t: asyncio.Task) -> None:
+            if not t.cancelled():
+                t.exception()  # retrieved: a failing receive counts as a gone client
+                if not done.done():
+                    done.set_result(True)
 
-    def on_disconnect(t: asyncio.Task) -> None:
-        if not t.cancelled():
-            t.exception()  # retrieved: a failing receive counts as a gone client
+        def start_watcher() -> None:
+            nonlocal watcher
             if not done.done():
-                done.set_result(True)
+                watcher = loop.create_task(_wait_disconnect(request))
+                watcher.add_done_callback(on_disconnect)
 
-    def start_watcher() -> None:
-        nonlocal watcher
-        if not done.done():
-            watcher = loop.create_task(_wait_disconnect(request))
-            watcher.add_done_callback(on_disconnect)
-
-    for f in futs:
-        f.add_done_callback(from_engine)
-    timer = loop.call_later(DISCONNECT_WATCH_AFTER_S, start_watcher)
-    try:
-        # never cancel the engine's futures: await our own (shielded from nothing else)
-        gone = await done
-        if gone:
-            for r in reqs:
+        timer = loop.call_later(DISCONNECT_WATCH_AFTER_S, start_watcher)
+        try:
+            # never cancel the engine's work from here: await our own future
+            gone = await done
+            if gone:
+                for r in self.reqs:
+                    engine.cancel(r)
+            return gone
+        except asyncio.CancelledError:  # the server cancelled the handler (shutdown timeout)
+            for r in self.reqs:
                 engine.cancel(r)
-        return gone
-    except asyncio.CancelledError:  # the server cancelled the handler (shutdown timeout)
-        for r in reqs:
-            engine.cancel(r)
-        raise
-    finally:
-        timer.cancel()
-        if watcher is not None:
-            watcher.cancel()
+            raise
+        finally:
+            timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
 
 
 async def list_models(request: Request) -> Response:
