@@ -39,14 +39,28 @@ class Distribution(Protocol):
 
 
 class EmpiricalDist:
-    """The empirical distribution of the last `window` samples (a ring buffer)."""
+    """The empirical distribution of the last `window` samples (a ring buffer).
 
-    __slots__ = ("_buf", "_n", "_pos", "_sorted", "window", "total")
+    `max_lag` (default 0: exact) lets new samples wait in a pending list until
+    they number `max_lag` x the window's current size (at least one), then merge
+    all at once: a hot-path reader (the scheduler, at every decision) then sees a
+    distribution at most that fraction behind, and the sorted copy is rebuilt once
+    per merge instead of once per batch. A distribution with fewer than
+    ``1 / max_lag`` samples is always exact. `flush()` merges now.
+    """
 
-    def __init__(self, samples: Sequence[float] | np.ndarray | None = None, window: int = 2048):
+    __slots__ = ("_buf", "_n", "_npend", "_pend", "_pos", "_sorted", "max_lag", "total", "window")
+
+    def __init__(self, samples: Sequence[float] | np.ndarray | None = None, window: int = 2048,
+                 max_lag: float = 0.0):
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
+        if not 0.0 <= max_lag < 1.0:
+            raise ValueError(f"max_lag must be in [0, 1), got {max_lag}")
         self.window = int(window)
+        self.max_lag = float(max_lag)
+        self._pend: list[np.ndarray] = []
+        self._npend = 0
         self._buf = np.empty(self.window, dtype=np.float64)
         self._n = 0
         self._pos = 0
@@ -59,6 +73,9 @@ class EmpiricalDist:
     def add(self, x: float) -> None:
         if not np.isfinite(x) or x < 0:
             raise ValueError(f"execution time must be finite and >= 0, got {x!r}")
+        if self.max_lag:
+            self.extend((x,))
+            return
         self._buf[self._pos] = x
         self._pos = (self._pos + 1) % self.window
         self._n = min(self._n + 1, self.window)
@@ -69,6 +86,32 @@ class EmpiricalDist:
         arr = np.asarray(xs, dtype=np.float64).ravel()
         if arr.size and (not np.all(np.isfinite(arr)) or arr.min() < 0):
             raise ValueError("execution times must be finite and >= 0")
+        if self.max_lag:
+            npend = self._npend + arr.size
+            if npend < int(self._n * self.max_lag):
+                self._pend.append(arr)
+                self._npend = npend
+                return
+            if self._pend:
+                arr = np.concatenate([*self._pend, arr])
+                self._pend.clear()
+                self._npend = 0
+        self._merge(arr)
+
+    def flush(self) -> None:
+        """Merge the samples still pending (see `max_lag`)."""
+        if self._pend:
+            arr = np.concatenate(self._pend)
+            self._pend.clear()
+            self._npend = 0
+            self._merge(arr)
+
+    @property
+    def pending(self) -> int:
+        """Samples added but not merged yet (see `max_lag`)."""
+        return self._npend
+
+    def _merge(self, arr: np.ndarray) -> None:
         # A few new samples into a sorted window: update the sorted copy in place of a
         # full re-sort (the scheduler reads it at every decision; batches add 1-8 samples).
         keep_sorted = None

@@ -38,6 +38,10 @@ class LatencyConfig:
     g_prior_slope: float = 0.1  # g(b) = 1 + slope (b - 1) until profiled
     compile_prior_ms: float = 500.0  # a compile's cost before any was measured
     min_samples: int = 3  # a class with fewer samples is "cold": run it alone to learn
+    # New samples of a class may wait until they are this fraction of its window before
+    # they are merged (EmpiricalDist.max_lag): the sorted window is rebuilt once per
+    # ~32 samples instead of once per batch; the CDF tables already lag ~3% (1/32).
+    learn_lag: float = 1 / 64
 
     def __post_init__(self) -> None:
         for name in ("window", "grid_points", "g_window", "min_samples"):
@@ -45,6 +49,8 @@ class LatencyConfig:
                 raise ValueError(f"LatencyConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.grid_points < 8:
             raise ValueError(f"LatencyConfig.grid_points must be >= 8, got {self.grid_points}")
+        if not 0.0 <= self.learn_lag < 1.0:
+            raise ValueError(f"LatencyConfig.learn_lag must be in [0, 1), got {self.learn_lag}")
         if self.compile_prior_ms < 0 or self.g_prior_slope < 0:
             raise ValueError("compile_prior_ms and g_prior_slope must be >= 0")
 
@@ -52,7 +58,7 @@ class LatencyConfig:
 class _ModelGrid:
     """Per-model linear grid u_k = k * du and one log-CDF row per class."""
 
-    __slots__ = ("du", "k", "rows", "stale", "umax")
+    __slots__ = ("du", "k", "rows", "stacks", "stale", "umax")
 
     def __init__(self, k: int):
         self.k = k
@@ -60,18 +66,20 @@ class _ModelGrid:
         self.du = 1.0
         self.rows: dict[int, np.ndarray] = {}
         self.stale: dict[int, int] = {}  # class -> dist.total at last refresh
+        self.stacks: dict[tuple, tuple[tuple, np.ndarray]] = {}  # (cids, f32) -> (version, rows)
 
 
 class _Scaling:
     """g(b) for one (model, shape bucket): mean measured ratio per batch bucket."""
 
-    __slots__ = ("_vec", "prior_slope", "ratios", "sums")
+    __slots__ = ("_since", "_vec", "prior_slope", "ratios", "sums")
 
     def __init__(self, prior_slope: float):
         self.prior_slope = prior_slope
         self.ratios: dict[int, deque] = {}
         self.sums: dict[int, float] = {}
         self._vec: np.ndarray | None = None
+        self._since: dict[int, int] = {}  # ratios added per bucket since `_vec` was built
 
     def add(self, b: int, ratio: float, maxlen: int) -> None:
         q = self.ratios.get(b)
@@ -82,27 +90,41 @@ class _Scaling:
             self.sums[b] -= q[0]
         q.append(ratio)
         self.sums[b] += ratio
-        self._vec = None
+        # Like the CDF tables, g is refreshed lazily: once a bucket's mean has taken in
+        # ~3% new ratios (every ratio while it has fewer than 32), not after every batch.
+        since = self._since[b] = self._since.get(b, 0) + 1
+        if since >= max(1, len(q) >> 5):
+            self._vec = None
 
     def g(self, b: int) -> float:
-        if b in self.ratios:
-            return self.sums[b] / len(self.ratios[b])
-        pts = sorted(self.ratios)
+        return float(self._g_many([b])[0])
+
+    def _g_many(self, bs: list[int]) -> list[float]:
+        """g at each b: the measured mean where b was measured, else a line through the
+        measured points (fitted once for all bs), else the prior."""
+        ratios, sums = self.ratios, self.sums
+        out = [sums[b] / len(ratios[b]) if b in ratios else None for b in bs]
+        if all(v is not None for v in out):
+            return out
+        pts = sorted(ratios)
         if len(pts) >= 2:
             x = np.asarray(pts, dtype=np.float64)
-            y = np.asarray([self.sums[p] / len(self.ratios[p]) for p in pts])
+            y = np.asarray([sums[p] / len(ratios[p]) for p in pts])
             slope, icpt = np.polyfit(x, y, 1)
-            return float(max(icpt + slope * b, 1e-6))
-        if len(pts) == 1 and pts[0] > 1:
+            fill = lambda b: max(icpt + slope * b, 1e-6)  # noqa: E731
+        elif len(pts) == 1 and pts[0] > 1:
             b0 = pts[0]
-            r0 = self.sums[b0] / len(self.ratios[b0])
-            return 1.0 + (r0 - 1.0) * (b - 1) / (b0 - 1)
-        return 1.0 + self.prior_slope * (b - 1)
+            r0 = sums[b0] / len(ratios[b0])
+            fill = lambda b: 1.0 + (r0 - 1.0) * (b - 1) / (b0 - 1)  # noqa: E731
+        else:
+            fill = lambda b: 1.0 + self.prior_slope * (b - 1)  # noqa: E731
+        return [float(fill(b)) if v is None else v for b, v in zip(bs, out, strict=True)]
 
     def vec(self, max_b: int) -> np.ndarray:
         """g as an array indexed by batch size 0..max_b (index 0 unused)."""
         if self._vec is None or self._vec.size <= max_b:
-            self._vec = np.array([1.0] + [self.g(b) for b in range(1, max_b + 1)])
+            self._vec = np.array([1.0, *self._g_many(list(range(1, max_b + 1)))])
+            self._since.clear()
         return self._vec
 
 
@@ -119,6 +141,8 @@ class LatencyModel:
         self._warm: set[tuple[str, int, int]] = set()
         self._warm_groups: set[tuple[str, int]] = set()
         self._all_warm: set[str] = set()
+        self.warm_version = 0  # bumped whenever the warm set or a compile estimate changes
+        self._avoidable: dict[tuple, tuple[int, np.ndarray]] = {}
         self._compile: dict[str, EmpiricalDist] = {}
 
     # -- classes ---------------------------------------------------------
@@ -128,7 +152,7 @@ class LatencyModel:
         if cid is None:
             cid = self._class_ids[key] = len(self.class_keys)
             self.class_keys.append(key)
-            self.dists.append(EmpiricalDist(window=self.config.window))
+            self.dists.append(EmpiricalDist(window=self.config.window, max_lag=self.config.learn_lag))
             self._grids.setdefault(model, _ModelGrid(self.config.grid_points))
         return cid
 
@@ -169,15 +193,20 @@ class LatencyModel:
 
     def observe_compile(self, model: str, batch_bucket: int, shape_bucket: int, compile_ms: float) -> None:
         self._compile.setdefault(model, EmpiricalDist(window=256)).add(compile_ms)
+        self.warm_version += 1
         self.mark_warm(model, batch_bucket, shape_bucket)
 
     def mark_warm(self, model: str, batch_bucket: int, shape_bucket: int = 0) -> None:
-        self._warm.add((model, batch_bucket, shape_bucket))
-        self._warm_groups.add((model, shape_bucket))
+        key = (model, batch_bucket, shape_bucket)
+        if key not in self._warm:
+            self._warm.add(key)
+            self._warm_groups.add((model, shape_bucket))
+            self.warm_version += 1
 
     def mark_all_warm(self, model: str) -> None:
         """An executor with no compile step (emulated, or everything pre-compiled)."""
         self._all_warm.add(model)
+        self.warm_version += 1
 
     # -- queries ---------------------------------------------------------
     def is_warm(self, model: str, batch_bucket: int, shape_bucket: int = 0) -> bool:
@@ -205,10 +234,21 @@ class LatencyModel:
         avoided by any choice within the group, so it is not held against a
         request (all zeros): otherwise every deadline-aware policy would judge
         every request hopeless, drop it, and never compile anything.
+
+        Cached until the compile state changes (`warm_version`): treat the
+        returned array as read-only.
         """
+        key = (model, buckets if type(buckets) is tuple else tuple(int(b) for b in buckets), shape_bucket)
+        hit = self._avoidable.get(key)
+        if hit is not None and hit[0] == self.warm_version:
+            return hit[1]
         if not self.group_warm(model, shape_bucket):
-            return np.zeros(len(buckets))
-        return np.array([self.compile_cost(model, int(b), shape_bucket) for b in buckets])
+            arr = np.zeros(len(key[1]))
+        else:
+            arr = np.array([self.compile_cost(model, b, shape_bucket) for b in key[1]])
+        arr.flags.writeable = False
+        self._avoidable[key] = (self.warm_version, arr)
+        return arr
 
     def g(self, model: str, b: int, shape_bucket: int = 0) -> float:
         return self._scale(model, shape_bucket).g(b)
@@ -216,18 +256,31 @@ class LatencyModel:
     def g_vec(self, model: str, max_b: int, shape_bucket: int = 0) -> np.ndarray:
         return self._scale(model, shape_bucket).vec(max_b)
 
-    def table(self, model: str, cids: list[int]) -> tuple[float, np.ndarray]:
-        """(du, logF[len(cids), K]) of the given classes of `model` on its grid."""
+    def table(self, model: str, cids: list[int], float32: bool = False) -> tuple[float, np.ndarray]:
+        """(du, logF[len(cids), K]) of the given classes of `model` on its grid.
+
+        The stacked array is cached until one of its rows is refreshed (or the grid
+        changes): treat it as read-only.
+        """
         grid = self._grids[model]
-        rows = []
+        rows, stale, dists = grid.rows, grid.stale, self.dists
         for cid in cids:
-            row = grid.rows.get(cid)
-            d = self.dists[cid]
-            last = grid.stale.get(cid, -1)
-            if row is None or (d.total != last and d.total - last >= max(1, d.n >> 5)):
-                row = self._row(grid, cid)
-            rows.append(row)
-        return grid.du, np.stack(rows) if rows else np.zeros((0, grid.k))
+            d = dists[cid]
+            last = stale.get(cid, -1)
+            if cid not in rows or (d.total != last and d.total - last >= max(1, d.n >> 5)):
+                self._row(grid, cid)
+        version = (grid.du, *(stale[c] for c in cids))
+        key = (*cids, float32)
+        hit = grid.stacks.get(key)
+        if hit is None or hit[0] != version:
+            arr = np.stack([rows[c] for c in cids]) if cids else np.zeros((0, grid.k))
+            if float32:
+                arr = arr.astype(np.float32)
+            arr.flags.writeable = False
+            if len(grid.stacks) > 512:
+                grid.stacks.clear()
+            hit = grid.stacks[key] = (version, arr)
+        return grid.du, hit[1]
 
     def table_version(self, model: str, cids: list[int]) -> tuple:
         """Changes whenever `table(model, cids)` would return different rows."""

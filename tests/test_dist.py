@@ -414,3 +414,29 @@ def test_sorted_window_stays_sorted_under_incremental_updates():
             d.sorted()
             d.extend(rng.integers(0, 5, size=int(rng.integers(1, 6))).astype(float))
             assert np.array_equal(d.sorted(), np.sort(d.samples()))
+
+
+def test_max_lag_merges_in_bursts_and_small_windows_stay_exact():
+    """With max_lag 1/64 a distribution of 640 samples merges new ones 10 at a time
+    (the sorted copy is rebuilt per merge); under 64 samples every sample merges at once."""
+    small = EmpiricalDist(window=1000, max_lag=1 / 64)
+    small.extend(np.arange(10.0))
+    small.add(100.0)
+    assert small.pending == 0 and small.n == 11 and small.quantile(1.0) == 100.0
+
+    d = EmpiricalDist(np.arange(640.0), window=1000, max_lag=1 / 64)
+    exact = EmpiricalDist(np.arange(640.0), window=1000)
+    for i in range(9):  # 9 pending < 640 / 64 = 10
+        d.add(1000.0 + i)
+        exact.add(1000.0 + i)
+    assert d.pending == 9 and d.n == 640 and d.quantile(1.0) == 639.0
+    d.add(1009.0)
+    exact.add(1009.0)
+    assert d.pending == 0 and d.n == 650
+    np.testing.assert_array_equal(d.sorted(), exact.sorted())
+    d.extend([5.5, 6.5])
+    d.flush()
+    exact.extend([5.5, 6.5])
+    np.testing.assert_array_equal(d.sorted(), exact.sorted())
+    with pytest.raises(ValueError, match="max_lag"):
+        EmpiricalDist(window=10, max_lag=1.0)

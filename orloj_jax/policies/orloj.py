@@ -145,15 +145,15 @@ class _Group:
         lfx = self.log_cdf_at_members()  # [C', nb, C, J]
         cj = lfx.shape[2] * lfx.shape[3]
         cf = counts.astype(np.float32)
-        if v > 1 and np.all(bi[1:] >= bi[:-1]):
-            # Candidates come sorted by size, so each bucket is one contiguous block:
+        nb = lfx.shape[1]
+        if v * nb > 512 and np.all(bi[1:] >= bi[:-1]):
+            # Many candidates, sorted by size, so each bucket is one contiguous block:
             # one small matrix product per block instead of one over every bucket.
             logp = np.empty((v, cj), dtype=np.float32)
             edges = (np.flatnonzero(np.diff(bi)) + 1).tolist()
             for lo, hi in zip([0, *edges], [*edges, v], strict=True):
                 np.matmul(cf[lo:hi], lfx[:, bi[lo]].reshape(-1, cj), out=logp[lo:hi])
-        else:
-            nb = lfx.shape[1]
+        else:  # few candidates: one product over every bucket, then each candidate's block
             logp = (cf @ lfx.reshape(lfx.shape[0], -1)).reshape(v, nb, cj)[np.arange(v), bi]
         member = np.arange(self.slack.shape[1])[None, None, :] < counts[:, :, None]  # [V, C, J]
         p = np.exp(logp).reshape(v, c, -1)
@@ -170,6 +170,8 @@ class Orloj(Policy):
         super().bind(models, latency)
         self._emax_cache: dict[tuple, np.ndarray] = {}
         self._qthr_cache: dict[int, tuple[int, float]] = {}
+        self._buckets: dict[tuple, np.ndarray] = {}
+
 
     def select(self, queue, now: float) -> Decision:
         drops: list = []
@@ -218,17 +220,21 @@ class Orloj(Policy):
     def _prepare(self, queue, model, shape, cids, now, drops):
         lat = self.latency
         spec = self.models[model]
-        buckets = np.asarray(spec.batch_buckets)
-        g = lat.g_vec(model, spec.max_batch, shape)
-        gb = g[buckets]
-        comp = lat.avoidable_compile_costs(model, buckets, shape)
-        du, logF = lat.table(model, cids)
-        logF = logF.astype(np.float32)
+        btuple = spec.batch_buckets
+        buckets = self._buckets.get(btuple)
+        if buckets is None:
+            buckets = self._buckets[btuple] = np.asarray(btuple)
         jmax = spec.max_batch
+        gb = lat.g_vec(model, jmax, shape)[buckets]
+        comp = lat.avoidable_compile_costs(model, btuple, shape)
+        du, logF = lat.table(model, cids, float32=True)
         # Per class, the slack below which even a lone run has P(on time) < threshold,
         # exactly: F(u) >= thr iff u >= the thr-quantile of the class's samples.
         qthr = np.array([self._threshold_quantile(c) for c in cids])
-        smin = (comp[None, :] + gb[None, :] * qthr[:, None]).min(1)
+        if comp.any():
+            smin = (comp[None, :] + gb[None, :] * qthr[:, None]).min(1)
+        else:  # all warm: g > 0 and q >= 0, so the cheapest lone run is at min g
+            smin = gb.min() * qthr
         classes = queue.classes(model)
         keep, lists, cold_head = [], [], None
         for i, cid in enumerate(cids):
