@@ -249,6 +249,8 @@ class JaxExecutor(Executor):
     its own lock: the latency model is not thread-safe). With ``background=False``,
     ``request_compile`` compiles synchronously in the caller. ``compact=False`` keeps
     exited rows in place instead of moving survivors into a smaller batch bucket.
+    ``device`` (a ``jax.Device``) pins the executor to one device: one executor per device
+    serves several devices in one process (``orloj_jax.multi``).
     """
 
     def __init__(
@@ -261,6 +263,7 @@ class JaxExecutor(Executor):
         compact: bool = True,
         warm_reps: int = 10,
         on_compiled: Callable[[str, int, int, float], None] | None = None,
+        device: Any = None,
     ):
         if not models:
             raise ValueError("JaxExecutor needs at least one model")
@@ -274,6 +277,10 @@ class JaxExecutor(Executor):
         #: the last stage; the engine sets it to answer that request at once.
         self.on_exit: Callable[[Any, Any, int, float], None] | None = None
         self.cache_dir = enable_persistent_cache(compile_cache_dir) if compile_cache_dir else None
+        #: the jax.Device this executor compiles for and runs on (None: JAX's default device).
+        #: Parameters are copied there once; activations are put there per batch.
+        self.device = device
+        self._dev_params: dict[tuple[str, int], Any] = {}
 
         self._lock = threading.Lock()
         self._exes: dict[ProgramKey, Any] = {}
@@ -340,6 +347,18 @@ class JaxExecutor(Executor):
             j = self._jits[(name, key)] = jax.jit(self.models[name].stage_fn(i))
         return j
 
+    def _params(self, name: str, i: int) -> Any:
+        """Stage i's parameters on this executor's device (as the model holds them if None)."""
+        if self.device is None:
+            return self.models[name].stage_params(i)
+        p = self._dev_params.get((name, i))
+        if p is None:
+            p = self._dev_params[(name, i)] = jax.device_put(self.models[name].stage_params(i), self.device)
+        return p
+
+    def _put(self, x: Any) -> Any:
+        return jax.device_put(x, self.device)  # None: the default device
+
     def _input_avals(self, name: str, i: int, b: int, sb: int) -> Any:
         """Shapes/dtypes of stage i's input activations at (b, sb)."""
         ck = (name, i, b, sb)
@@ -364,7 +383,8 @@ class JaxExecutor(Executor):
         i = self._keys(m)[key]
         avals = self._input_avals(name, i, b, sb)
         t0 = self.clock()
-        exe = self._jit(name, key, i).lower(m.stage_params(i), avals).compile()
+        # committed parameters place the program on this executor's device
+        exe = self._jit(name, key, i).lower(self._params(name, i), avals).compile()
         ms = self.clock() - t0
         with self._lock:
             self.compile_log.append({"model": name, "stage_key": str(key), "batch_bucket": b,
@@ -601,7 +621,7 @@ class JaxExecutor(Executor):
         m = self.models[name]
         n = len(early)
         t_prev = self.clock()
-        acts = jax.device_put(items if isinstance(items, dict) else m.pack(items, bb, sb))
+        acts = self._put(items if isinstance(items, dict) else m.pack(items, bb, sb))
         slot = np.full(bb, -1, dtype=np.int64)  # member index per batch row, -1 = empty
         slot[:n] = np.arange(n)
         outputs: list[Any] = [None] * n
@@ -616,7 +636,7 @@ class JaxExecutor(Executor):
             key = m.stage_key(i)
             exe, c_ms = self._ensure((name, key, cur, sb))
             compile_ms += c_ms
-            acts, out, _ = self._run_stage(exe, m.stage_params(i), acts)
+            acts, out, _ = self._run_stage(exe, self._params(name, i), acts)
             live = slot >= 0
             done = None
             if i == last:
@@ -647,7 +667,7 @@ class JaxExecutor(Executor):
                 if len(keep) and self.compact and len(rows):
                     new = m.batch_bucket_for(len(keep))
                     if new < cur:
-                        acts = jax.device_put(m.compact(jax.device_get(acts), keep, new))
+                        acts = self._put(m.compact(jax.device_get(acts), keep, new))
                         slot = np.concatenate([slot[keep], np.full(new - len(keep), -1)])
                         cur = new
             now = self.clock()
@@ -690,9 +710,9 @@ class JaxExecutor(Executor):
                 compiles, hits = compile_count() - c0, cache_hit_count() - h0
                 progs = [self._ensure((model_name, m.stage_key(i), bb, sb))[0]
                          for i in range(m.num_stages)]
-                params = [m.stage_params(i) for i in range(m.num_stages)]
+                params = [self._params(model_name, i) for i in range(m.num_stages)]
                 host = m.pack([], bb, sb)
-                acts0 = jax.device_put(host)
+                acts0 = self._put(host)
                 times = np.zeros((reps, m.num_stages))
                 run_times = np.zeros(reps)
                 no_exit, thr = np.zeros(bb, bool), np.zeros(bb)
