@@ -43,6 +43,8 @@ def _add_bench(sub) -> None:
     src.add_argument("--workload", help="a built-in workload (see --list-workloads)")
     src.add_argument("--trace", type=Path, help='JSONL trace: {"t_ms", "tag", "exec_ms", "slo_ms"?} per line')
     p.add_argument("--batch-curve", type=Path, help="CSV BatchSize,InferenceLatency setting g(b) for --trace")
+    p.add_argument("--profile", type=Path, help="--mode sim: simulate a zoo workload (minilm-text, digits-ee, "
+                   "digits-static) from a profile made by `orloj profile` on any machine")
     p.add_argument("--policies", default="orloj,static,static-tuned,clockwork,nexus,clipper,edf,oracle")
     p.add_argument("--slo-k", type=_floats, default=[1.0, 1.5, 2.0, 3.0, 5.0])
     p.add_argument("--load", type=float, default=0.8)
@@ -84,6 +86,28 @@ def _bench_engine(a, spec: BenchSpec) -> int:
     return 0
 
 
+def _bench_profile(a, spec: BenchSpec) -> int:
+    from .profile_sim import MODEL_WORKLOAD, ProfileError, load_profile, profile_report
+
+    if a.trace:
+        print("orloj bench: --profile simulates a zoo workload; it does not take --trace", file=sys.stderr)
+        return 2
+    try:
+        prof = load_profile(a.profile)
+        want = MODEL_WORKLOAD.get(prof["model"])
+        if a.workload and a.workload != want:
+            raise ProfileError(f"the profile is of model {prof['model']!r}, whose workload is {want!r}, not {a.workload!r}")
+        report = profile_report(spec, prof, want, log=lambda m: print(m, file=sys.stderr))
+    except ProfileError as e:
+        print(f"orloj bench: {e}", file=sys.stderr)
+        return 2
+    print(format_table(report))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
 def _policy_options(a) -> dict[str, dict]:
     opts: dict[str, dict] = {"static": {}, "orloj": {}}
     if a.drop_threshold is not None:
@@ -112,7 +136,10 @@ def _bench(a) -> int:
         for name, desc in ZOO_DESCRIPTIONS.items():
             print(f"{name:<14} {'model':<10} {desc} (--mode engine or http)")
         return 0
-    if not a.workload and not a.trace:
+    if a.profile is not None and a.mode != "sim":
+        print("orloj bench: --profile drives --mode sim", file=sys.stderr)
+        return 2
+    if not a.workload and not a.trace and a.profile is None:
         print("orloj bench: give --workload NAME or --trace FILE.jsonl", file=sys.stderr)
         return 2
     spec = BenchSpec(
@@ -131,6 +158,8 @@ def _bench(a) -> int:
         from .http_mode import bench_http
 
         return bench_http(a, spec)
+    if a.profile is not None:
+        return _bench_profile(a, spec)
     kwargs = {}
     if a.workload:
         kwargs["workload"] = get_workload(a.workload)

@@ -12,7 +12,10 @@ the executor's whole serving loop for a full batch that runs every stage (``run_
 The JSON (see ``JaxExecutor.profile``) records the machine: jax version, backend,
 device kind, CPU count and date. ``--lengths`` is ignored for the single-shape digits
 models. ``--compile-cache-dir`` turns on the persistent compilation cache: a second run
-then reports cache hits and near-zero compile times.
+then reports cache hits and near-zero compile times. ``--inputs N`` (default 300)
+also runs N of the zoo workload's real inputs alone and records each one's size,
+shape bucket, exit stage and time: with them the profile drives ``orloj bench --mode
+sim --profile PROFILE.json`` (see bench/profile_sim.py) on any machine.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=20, help="timed repetitions per shape (default 20)")
     p.add_argument("--cache-dir", default=None, help="model cache root (default $ORLOJ_CACHE_DIR or ~/.cache/orloj-jax/models)")
     p.add_argument("--compile-cache-dir", default=None, help="persistent XLA compilation cache directory")
+    p.add_argument("--inputs", type=int, default=300,
+                   help="real workload inputs run alone and recorded for --mode sim --profile (default 300; 0: none)")
     return p
 
 
@@ -65,6 +70,28 @@ def format_table(prof: dict) -> str:
     return "\n".join(lines)
 
 
+def add_model_facts(ex, model, prof: dict, n_inputs: int, seed: int = 0, log=print) -> dict:
+    """What `orloj bench --mode sim --profile` needs beyond the timings: the profiled
+    buckets, the stage count, and a sample of the zoo workload's real inputs run alone
+    (each one's size, shape bucket, exit stage and measured time)."""
+    from .engine_mode import ZOO_WORKLOADS, _zoo_inputs
+    from .profile_sim import sample_inputs
+
+    facts: dict = {
+        "batch_buckets": sorted({r["batch_bucket"] for r in prof["results"]}),
+        "shape_buckets": sorted({r["shape_bucket"] for r in prof["results"]}),
+        "num_stages": int(model.num_stages),
+        "exit_stages": [int(i) for i in model.exit_stages],
+        "inputs": [],
+    }
+    tag = {m: t for m, t in ZOO_WORKLOADS.values()}.get(model.name)
+    if n_inputs > 0 and tag is not None:
+        log(f"[profile] running {n_inputs} of the workload's inputs alone (sizes, exits, solo times)")
+        items = model.preprocess(_zoo_inputs(model.name, seed))
+        facts["inputs"] = sample_inputs(ex, model, tag, items, n_inputs, seed)
+    return facts
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.reps < 1:
@@ -82,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ex = JaxExecutor({name: model}, compile_cache_dir=args.compile_cache_dir, background=False)
     try:
         prof = ex.profile(name, args.batch, lengths, reps=args.reps)
+        prof.update(add_model_facts(ex, model, prof, args.inputs, log=lambda m: print(m, file=sys.stderr)))
     finally:
         ex.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -167,6 +167,27 @@ def simulate_models(
         seed_latency(latency, trace, spec, device)
     sched = Scheduler(policy, specs, latency, SchedulerConfig(max_queue=cfg.max_queue))
     reqs = sorted((r for name, tr in traces.items() for r in build_requests(tr, name)), key=lambda r: r.arrival_ms)
+    return run_schedule(sched, reqs, device, progress)
+
+
+class Device(Protocol):
+    def run(self, batch: Batch) -> BatchResult: ...
+
+
+def run_schedule(
+    sched: Scheduler,
+    reqs: Sequence[Request],
+    device: Device,
+    progress: Callable[[int], None] | None = None,
+) -> SimResult:
+    """The discrete-event loop: `reqs` (sorted by arrival) through `sched` on `device`.
+
+    Virtual time jumps from event to event (an arrival, the running batch's end, a
+    policy's wake-up); the device runs one batch at a time, for the `device_ms` its
+    `run` reports. Members' `finish_ms` in the result (early exits) are honoured by
+    `Scheduler.on_done`. Every request ends with exactly one outcome, or this raises.
+    """
+    policy = sched.policy
     arrivals = [r.arrival_ms for r in reqs]
     n = len(reqs)
     i = 0

@@ -1,0 +1,280 @@
+"""`orloj bench --mode sim --profile PROFILE.json`: a zoo workload simulated from a profile.
+
+A profile (``orloj profile --model NAME --out PROFILE.json``, see
+:meth:`orloj_jax.jax_executor.JaxExecutor.profile`) holds, for one model on one machine,
+the step time of every stage at every (batch bucket, shape bucket), the serving loop's
+overhead, compile times, and a sample of the workload's real inputs run alone (each
+input's length, shape bucket, exit stage and measured time). That is enough to simulate
+the zoo workload on any machine: a profile measured on an H200 drives the simulator on
+a laptop.
+
+:class:`ProfiledDevice` replays the executor's stage loop (``JaxExecutor._execute``)
+on the profile's numbers: a batch runs stage by stage at its batch bucket; members
+leave at their exit stage (answered then: ``finish_ms``); the survivors are compacted
+into the smallest batch bucket that holds them; each stage costs its profiled median
+plus an even share of the loop's host overhead (``run_ms - full_ms``). A member's
+solo time is what the executor reports too: its batch-1 steps up to its exit.
+
+The workload is built exactly as ``--mode engine`` builds it from its own
+measurements, but from the profile: the SLO base is the P99 of the sampled inputs'
+measured solo times, the capacity is static batching at the max batch per shape
+bucket (on the profiled device) mixed by the inputs' shape shares, and arrivals and
+inputs are drawn with the same generators and seeds. The latency model starts from
+the same kind of offline profile the engine gets (per-shape solo samples, g(b) per
+shape from full batches). The rows are those of every other mode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orloj_jax.latency import LatencyModel
+from orloj_jax.policies import make_policy
+from orloj_jax.request import Request
+from orloj_jax.scheduler import Batch, BatchResult, ModelSpec, Scheduler, SchedulerConfig
+from orloj_jax.sim import run_schedule
+
+from .arrivals import bursty_arrivals, poisson_arrivals
+
+#: zoo workload -> (model, tag), as in bench.engine_mode
+PROFILE_WORKLOADS = {"minilm-text": ("minilm", "text"), "digits-ee": ("digits-ee", "digits"),
+                     "digits-static": ("digits-static", "digits")}
+MODEL_WORKLOAD = {m: w for w, (m, _) in PROFILE_WORKLOADS.items()}
+
+
+class ProfileError(ValueError):
+    """The profile cannot drive this simulation (missing shapes, no input sample...)."""
+
+
+def load_profile(path: str | Path) -> dict[str, Any]:
+    try:
+        prof = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ProfileError(f"cannot read profile {path}: {e}") from None
+    for key in ("model", "results", "inputs", "batch_buckets", "shape_buckets", "num_stages"):
+        if key not in prof:
+            raise ProfileError(f"profile {path} has no {key!r}: make it with `orloj profile --model NAME "
+                               "--out FILE` (profiles made before the input sample was added cannot "
+                               "drive a simulation)")
+    if not prof["inputs"]:
+        raise ProfileError(f"profile {path} has an empty input sample")
+    return prof
+
+
+class ProfiledDevice:
+    """A device whose batch times come from a profile (see the module docstring)."""
+
+    def __init__(self, profile: dict[str, Any]):
+        self.model = profile["model"]
+        self.num_stages = int(profile["num_stages"])
+        self.batch_buckets = tuple(sorted(int(b) for b in profile["batch_buckets"]))
+        self.step: dict[tuple[int, int], np.ndarray] = {}  # (sb, bb) -> step ms per stage
+        self.compile_ms: dict[tuple[int, int], float] = {}
+        for r in profile["results"]:
+            sb, bb = int(r["shape_bucket"]), int(r["batch_bucket"])
+            stages = np.asarray(r["stage_ms"], dtype=np.float64)
+            if stages.size != self.num_stages:
+                raise ProfileError(f"profile row ({bb}, {sb}) has {stages.size} stages, not {self.num_stages}")
+            overhead = max(0.0, float(r["run_ms"]) - float(stages.sum()))
+            self.step[(sb, bb)] = stages + overhead / self.num_stages
+            self.compile_ms[(sb, bb)] = float(r["compile_ms"])
+        missing = [(sb, bb) for sb in profile["shape_buckets"] for bb in self.batch_buckets
+                   if (int(sb), bb) not in self.step]
+        if missing:
+            raise ProfileError(f"profile lacks (shape, batch) buckets {missing[:5]}")
+        self._solo = {sb: np.cumsum(self.step[(sb, 1)]) for sb in {k[0] for k in self.step}
+                      if (sb, 1) in self.step}
+
+    def solo_ms(self, shape_bucket: int, exit_stage: int) -> float:
+        """A member's solo-equivalent time: its batch-1 steps up to its exit."""
+        try:
+            return float(self._solo[shape_bucket][exit_stage])
+        except KeyError:
+            raise ProfileError(f"profile has no batch-1 row at shape {shape_bucket}") from None
+
+    def _compact_to(self, n: int) -> int:
+        for b in self.batch_buckets:
+            if b >= n:
+                return b
+        return self.batch_buckets[-1]
+
+    def batch_times(self, shape_bucket: int, batch_bucket: int, exits: Sequence[int]) -> tuple[float, np.ndarray]:
+        """(device ms, each member's finish offset in ms) of one batch."""
+        exits = np.asarray(exits, dtype=np.int64)
+        finish = np.zeros(len(exits))
+        alive = np.ones(len(exits), dtype=bool)
+        cur, t = int(batch_bucket), 0.0
+        for i in range(self.num_stages):
+            t += float(self.step[(shape_bucket, cur)][i])
+            leaving = alive & (exits <= i)
+            finish[leaving] = t
+            alive &= ~leaving
+            n = int(alive.sum())
+            if n == 0:
+                break
+            if leaving.any():
+                cur = min(cur, self._compact_to(n))
+        return t, finish
+
+    def run(self, batch: Batch) -> BatchResult:
+        sb = int(batch.shape_bucket)
+        exits = [int(r.payload) for r in batch.requests]
+        t, finish = self.batch_times(sb, batch.batch_bucket, exits)
+        return BatchResult(
+            device_ms=t,
+            solo_ms=np.array([self.solo_ms(sb, e) for e in exits]),
+            finish_ms=(batch.start_ms + finish).tolist(),
+            exit_index=exits,
+        )
+
+
+class ProfiledWorkload:
+    """The zoo workload rebuilt from a profile: input pool, SLO base, capacity, offline profile."""
+
+    def __init__(self, profile: dict[str, Any], max_batch: int, seed: int = 0, batches_per_shape: int = 8):
+        self.profile = profile
+        self.device = ProfiledDevice(profile)
+        self.model = profile["model"]
+        self.tag = PROFILE_WORKLOADS.get(MODEL_WORKLOAD.get(self.model, ""), (None, "default"))[1]
+        bbs = tuple(b for b in self.device.batch_buckets if b <= max_batch)
+        if not bbs or bbs[0] != 1:
+            raise ProfileError(f"profile batch buckets {self.device.batch_buckets} must include 1 and fit --max-batch {max_batch}")
+        self.spec = ModelSpec(self.model, bbs, tuple(int(s) for s in profile["shape_buckets"]))
+        self.sizes = np.array([int(x["size"]) for x in profile["inputs"]])
+        self.shapes = np.array([int(x["shape_bucket"]) for x in profile["inputs"]])
+        self.exits = np.array([int(x["exit"]) for x in profile["inputs"]])
+        self.solo = np.array([self.device.solo_ms(int(s), int(e)) for s, e in zip(self.shapes, self.exits, strict=True)])
+        measured = np.array([float(x["solo_ms"]) for x in profile["inputs"]])
+        self.p99_ms = float(np.percentile(measured, 99))  # as --mode engine: measured, inputs alone
+        rng = np.random.default_rng([seed, 7])
+        self.capacity_rps = self._capacity(rng, batches_per_shape)
+        self.profile_g = self._profile_g(rng)
+
+    def _capacity(self, rng: np.random.Generator, batches_per_shape: int) -> float:
+        """Static batching at the max batch, per shape bucket, mixed by the inputs' shares."""
+        max_b = self.spec.max_batch
+        time_per_req = 0.0
+        for sb in np.unique(self.shapes):
+            pool = np.flatnonzero(self.shapes == sb)
+            total = 0.0
+            for _ in range(batches_per_shape):
+                pick = rng.choice(pool, size=max_b, replace=len(pool) < max_b)
+                total += self.device.batch_times(int(sb), max_b, self.exits[pick])[0]
+            time_per_req += (len(pool) / len(self.shapes)) * total / (batches_per_shape * max_b)
+        return 1000.0 / time_per_req
+
+    def _profile_g(self, rng: np.random.Generator) -> dict[tuple[int, int], float]:
+        """g per (bb, sb) from one full batch of sampled inputs (as --mode engine measures it)."""
+        out = {}
+        for sb in np.unique(self.shapes):
+            pool = np.flatnonzero(self.shapes == sb)
+            for bb in self.spec.batch_buckets:
+                pick = rng.choice(pool, size=bb, replace=len(pool) < bb)
+                t, _ = self.device.batch_times(int(sb), bb, self.exits[pick])
+                out[(bb, int(sb))] = t / max(float(self.solo[pick].max()), 1e-9)
+        return out
+
+    def trace(self, *, load: float, n: int, seed: int, arrival: str) -> tuple[np.ndarray, np.ndarray]:
+        """(arrival ms, input index) for n requests at load x capacity (bench.engine_mode.zoo_trace)."""
+        rate = load * self.capacity_rps
+        rng = np.random.default_rng([seed, 0])
+        arr = poisson_arrivals(rate, n, rng) if arrival == "poisson" else bursty_arrivals(rate, n, rng)
+        idx = np.random.default_rng([seed, 1]).integers(0, len(self.sizes), size=n)
+        return arr, idx
+
+    def latency_model(self) -> LatencyModel:
+        lat = LatencyModel()
+        for sb in np.unique(self.shapes):
+            lat.seed(self.model, self.tag, self.solo[self.shapes == sb], shape_bucket=int(sb))
+        for (bb, sb), ratio in self.profile_g.items():
+            lat.seed_scaling(self.model, {bb: ratio}, shape_bucket=sb)
+        lat.mark_all_warm(self.model)  # the engine warms every shape before serving
+        return lat
+
+    def simulate(self, arrivals: np.ndarray, idx: np.ndarray, slo_ms: float, policy) -> dict:
+        from orloj_jax.stats import summarize
+
+        reqs = [Request(self.model, self.tag, float(a), float(a) + slo_ms, size=int(self.sizes[i]),
+                        payload=int(self.exits[i]), true_ms=float(self.solo[i]))
+                for a, i in zip(arrivals, idx, strict=True)]
+        sched = Scheduler(policy, [self.spec], self.latency_model(), SchedulerConfig(max_queue=1_000_000))
+        res = run_schedule(sched, reqs, self.device)
+        row = summarize(res.requests, res.batch_sizes, float(arrivals[-1] - arrivals[0]))
+        done = [r.exit_index for r in res.requests if r.exit_index is not None]
+        row["exits"] = np.bincount(done or [0]).tolist()
+        return row
+
+
+def profile_report(spec, profile: dict[str, Any], workload: str | None = None,
+                   progress: Callable[[int], None] | None = None, log: Callable[[str], None] = print) -> dict:
+    """`--mode sim --profile`: every policy at every k, rows as in the other modes."""
+    from .runner import _policy
+
+    name = workload or MODEL_WORKLOAD.get(profile["model"], profile["model"])
+    w = ProfiledWorkload(profile, spec.max_batch, seed=spec.seed)
+    log(f"[sim/profile] {name} from a profile of {w.model} on {profile.get('machine', {}).get('device_kind', '?')}: "
+        f"solo p99 {w.p99_ms:.1f} ms, capacity {w.capacity_rps:.1f} req/s at batch {spec.max_batch}")
+    results = []
+    t0 = time.perf_counter()
+    for k in spec.slo_ks:
+        slo = k * w.p99_ms
+        arrivals, idx = w.trace(load=spec.load, n=spec.n_requests, seed=spec.seed, arrival=spec.arrival)
+        tuned = None
+        if "static-tuned" in spec.policies:
+            # the same coarse grid as --mode engine, tuned on a trace of another seed
+            t_arr, t_idx = w.trace(load=spec.load, n=min(spec.n_requests, 300), seed=spec.seed + 1000, arrival=spec.arrival)
+            best = (-1.0, None)
+            for b in sorted({1, 2, 4, 8, spec.max_batch} & set(range(1, spec.max_batch + 1))):
+                for d in (0, 5000, 20_000):
+                    opts = {**spec.policy_options.get("static", {}), "max_batch_size": b, "max_queue_delay_us": float(d)}
+                    fr = w.simulate(t_arr, t_idx, slo, make_policy("static", **opts))["finish_rate"]
+                    if fr > best[0] + 1e-12:
+                        best = (fr, {"max_batch_size": b, "max_queue_delay_us": float(d)})
+            tuned = best[1]
+        for pname in spec.policies:
+            row = {"policy": pname, "slo_k": float(k), "slo_ms": slo,
+                   **w.simulate(arrivals, idx, slo, _policy(pname, spec, tuned))}
+            if pname == "static-tuned":
+                row["settings"] = tuned
+            results.append(row)
+            if progress:
+                progress(len(arrivals))
+    return {
+        "workload": name,
+        "mode": "sim",
+        "profile": {"model": w.model, "machine": profile.get("machine"), "solo_p99_ms": w.p99_ms,
+                    "capacity_rps": w.capacity_rps, "inputs": len(w.sizes)},
+        "load": spec.load,
+        "seed": spec.seed,
+        "arrival": spec.arrival,
+        "max_batch": spec.max_batch,
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+        "results": results,
+    }
+
+
+def sample_inputs(executor, model, tag: str, items: Sequence[Any], n: int, seed: int = 0) -> list[dict]:
+    """Run n of the workload's preprocessed inputs alone; record what a profile needs of each."""
+    # the same sample as --mode engine's offline profile (bench.engine_mode.setup_zoo)
+    rng = np.random.default_rng([seed, 7])
+    pick = rng.choice(len(items), size=min(n, len(items)), replace=False)
+    out = []
+    for i in pick:
+        it = items[int(i)]
+        sb = model.shape_bucket_for(it.size)
+        r = Request(model.name, tag, 0.0, math.inf, size=it.size, payload=it)
+        res = executor.run(Batch(model.name, [r], 1, sb, 0.0))
+        out.append({"size": int(it.size), "shape_bucket": int(sb), "exit": int(res.exit_index[0]),
+                    "solo_ms": round(float(res.device_ms), 4)})
+    return out
+
+
+__all__ = ["PROFILE_WORKLOADS", "ProfileError", "ProfiledDevice", "ProfiledWorkload", "load_profile",
+           "profile_report", "sample_inputs"]

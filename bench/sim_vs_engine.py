@@ -1,0 +1,97 @@
+"""Does the simulator predict the live engine? `--mode engine` vs `--mode sim --profile`.
+
+    python -m bench.sim_vs_engine [--workload minilm-text] [--requests 400] [--load 0.8]
+                                  [--slo-k 1,1.5] [--policies orloj,static] [--seed 0]
+                                  [--reps 10] [--profile-out bench/profiles/minilm-cpu.json]
+
+One process, one warm executor: the engine-mode workload is set up as `orloj bench
+--mode engine` does (warm-up, offline profile of 300 inputs alone, capacity measured
+through the engine); then the executor is profiled as `orloj profile` does (every
+(batch, shape) bucket's stage times, plus the same 300 inputs alone), and that
+profile drives `--mode sim --profile`, which rebuilds SLO, capacity and arrivals
+from the profile alone. Both modes then serve the same load factor and SLO factors;
+the table gives each policy's finish rate in both and the difference (issue 4's
+target: at most 0.05 for orloj and static on minilm at load 0.8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .engine_mode import run_zoo_policy, setup_zoo, zoo_trace
+from .profile import add_model_facts
+from .profile_sim import profile_report
+from .runner import BenchSpec, _policy
+
+
+def _floats(s: str) -> list[float]:
+    return [float(x) for x in s.split(",") if x.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.sim_vs_engine", description=__doc__.splitlines()[0])
+    p.add_argument("--workload", default="minilm-text", choices=["minilm-text", "digits-ee", "digits-static"])
+    p.add_argument("--requests", type=int, default=400)
+    p.add_argument("--load", type=float, default=0.8)
+    p.add_argument("--slo-k", type=_floats, default=[1.0, 1.5])
+    p.add_argument("--policies", default="orloj,static")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--arrival", choices=["bursty", "poisson"], default="bursty")
+    p.add_argument("--reps", type=int, default=10, help="profile repetitions per (batch, shape) bucket")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--profile-out", type=Path, help="also write the measured profile here")
+    p.add_argument("--json", type=Path, help="write the comparison here")
+    a = p.parse_args(argv)
+    spec = BenchSpec(policies=[x.strip() for x in a.policies.split(",") if x.strip()], slo_ks=a.slo_k,
+                     load=a.load, n_requests=a.requests, seed=a.seed, max_batch=a.max_batch, arrival=a.arrival)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    t0 = time.perf_counter()
+    z = setup_zoo(a.workload, a.max_batch, cache_dir=a.cache_dir, seed=a.seed, progress=log)
+    log(f"[engine] solo p99 {z.p99_ms:.1f} ms, capacity {z.capacity_rps:.1f} req/s")
+    name = z.spec.name
+    log(f"[profile] {name}: {len(z.spec.batch_buckets)} batch x {len(z.spec.shape_buckets)} shape buckets, {a.reps} reps")
+    prof = z.executor.profile(name, reps=a.reps)
+    prof.update(add_model_facts(z.executor, z.model, prof, 300, seed=a.seed, log=log))
+    if a.profile_out:
+        a.profile_out.parent.mkdir(parents=True, exist_ok=True)
+        a.profile_out.write_text(json.dumps(prof, indent=1) + "\n")
+    engine: dict[tuple[str, float], float] = {}
+    for k in spec.slo_ks:
+        arrivals, idx = zoo_trace(z, load=spec.load, n=spec.n_requests, seed=spec.seed, arrival=spec.arrival)
+        for pol in spec.policies:
+            row = run_zoo_policy(z, arrivals, idx, k * z.p99_ms, lambda n=pol: _policy(n, spec, None))
+            engine[(pol, k)] = row["finish_rate"]
+            log(f"[engine] {pol} k={k}: finish rate {row['finish_rate']:.3f} (compiles while serving {row['compiles_while_serving']})")
+    z.executor.close()
+    sim = profile_report(spec, prof, a.workload, log=log)
+    rows = []
+    for r in sim["results"]:
+        e = engine[(r["policy"], r["slo_k"])]
+        rows.append({"policy": r["policy"], "slo_k": r["slo_k"], "engine": e, "sim": r["finish_rate"],
+                     "diff": round(abs(e - r["finish_rate"]), 4)})
+    out = {
+        "workload": a.workload, "load": a.load, "requests": a.requests, "seed": a.seed, "arrival": a.arrival,
+        "engine": {"solo_p99_ms": z.p99_ms, "capacity_rps": z.capacity_rps},
+        "sim": sim["profile"], "rows": rows, "elapsed_s": round(time.perf_counter() - t0, 1),
+    }
+    print(f"{a.workload}, load {a.load}, {a.requests} requests, seed {a.seed}, {a.arrival}")
+    print(f"SLO base (solo p99): engine {z.p99_ms:.1f} ms, profile {sim['profile']['solo_p99_ms']:.1f} ms; "
+          f"capacity: engine {z.capacity_rps:.1f}, profile {sim['profile']['capacity_rps']:.1f} req/s")
+    print(f"{'policy':<10} {'k':>5} {'engine':>7} {'sim':>7} {'|diff|':>7}")
+    for r in rows:
+        print(f"{r['policy']:<10} {r['slo_k']:>5g} {r['engine']:>7.3f} {r['sim']:>7.3f} {r['diff']:>7.3f}")
+    worst = max(r["diff"] for r in rows)
+    print(f"largest difference {worst:.3f} (target <= 0.05: {'met' if worst <= 0.05 else 'MISSED'})")
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

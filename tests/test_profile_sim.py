@@ -1,0 +1,100 @@
+"""--mode sim --profile: the profiled device's arithmetic, the workload built from a profile, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench.cli import main as cli_main
+from bench.profile_sim import (
+    ProfiledDevice,
+    ProfiledWorkload,
+    ProfileError,
+    load_profile,
+    profile_report,
+)
+from bench.runner import BenchSpec
+from orloj_jax.request import Request
+from orloj_jax.scheduler import Batch
+
+
+def make_profile(n_inputs: int = 60) -> dict:
+    """3 stages (exits after 0, 1, 2), batch buckets 1/2/4, shape buckets 16/32.
+    Stage time = (1 + 0.5 (b - 1)) x (1 at 16 tokens, 2 at 32) ms; run_ms adds 0.3 ms of
+    loop overhead, so each step costs its stage + 0.1 ms."""
+    rows = []
+    for sb, scale in ((16, 1.0), (32, 2.0)):
+        for bb in (1, 2, 4):
+            st = [scale * (1 + 0.5 * (bb - 1))] * 3
+            rows.append({"batch_bucket": bb, "shape_bucket": sb, "stage_ms": st, "run_ms": sum(st) + 0.3,
+                         "compile_ms": 100.0})
+    rng = np.random.default_rng(0)
+    inputs = []
+    for _ in range(n_inputs):
+        sb = int(rng.choice([16, 32], p=[0.7, 0.3]))
+        e = int(rng.choice([0, 1, 2], p=[0.3, 0.5, 0.2]))
+        inputs.append({"size": sb - 3, "shape_bucket": sb, "exit": e, "solo_ms": (e + 1) * (1.1 if sb == 16 else 2.1)})
+    return {"model": "minilm", "num_stages": 3, "exit_stages": [0, 1, 2], "batch_buckets": [1, 2, 4],
+            "shape_buckets": [16, 32], "results": rows, "inputs": inputs, "machine": {"device_kind": "test"}}
+
+
+def test_profiled_device_replays_the_stage_loop_with_compaction():
+    """Batch of 3 at bucket 4, shape 16, exits [0, 2, 1]. Step at b=4 is 2.5 + 0.1 = 2.6 ms.
+    Stage 0 at b4: t = 2.6, member 0 leaves; 2 left -> compacted to bucket 2 (step 1.6).
+    Stage 1 at b2: t = 4.2, member 2 leaves; 1 left -> bucket 1 (step 1.1).
+    Stage 2 at b1: t = 5.3, member 1 leaves. Solo = batch-1 steps to the exit: 1.1 (e + 1)."""
+    dev = ProfiledDevice(make_profile())
+    t, fin = dev.batch_times(16, 4, [0, 2, 1])
+    assert t == pytest.approx(5.3) and fin == pytest.approx([2.6, 5.3, 4.2])
+    reqs = [Request("minilm", "text", 0.0, 100.0, size=10, payload=e) for e in (0, 2, 1)]
+    res = dev.run(Batch("minilm", reqs, 4, 16, start_ms=10.0))
+    assert res.device_ms == pytest.approx(5.3)
+    assert res.finish_ms == pytest.approx([12.6, 15.3, 14.2])
+    assert res.solo_ms == pytest.approx([1.1, 3.3, 2.2]) and res.exit_index == [0, 2, 1]
+    # a batch at shape 32 costs twice the stages (plus the same overhead)
+    assert dev.batch_times(32, 1, [2])[0] == pytest.approx(3 * 2.1)
+
+
+def test_profiled_workload_capacity_slo_and_report():
+    prof = make_profile()
+    w = ProfiledWorkload(prof, max_batch=4)
+    measured = [x["solo_ms"] for x in prof["inputs"]]
+    assert w.p99_ms == pytest.approx(np.percentile(measured, 99))
+    # capacity: full batches of 4 cost between 4 * 0.25 ... no less than one stage at b4 (2.6 ms)
+    # and no more than 3 stages at b4 at shape 32 (3 * 5.1 ms): 4 requests per batch
+    assert 4 / (3 * 5.1) * 1000 <= w.capacity_rps <= 4 / 2.6 * 1000
+    # g of a full batch is its time over its slowest member's solo time: > 1 here
+    assert all(g > 1.0 for (bb, _), g in w.profile_g.items() if bb > 1)
+    spec = BenchSpec(policies=["orloj", "static", "static-tuned"], slo_ks=[1.5, 5.0], n_requests=300, max_batch=4)
+    rep = profile_report(spec, prof, log=lambda m: None)
+    assert rep["workload"] == "minilm-text" and rep["mode"] == "sim"
+    rows = {(r["policy"], r["slo_k"]): r for r in rep["results"]}
+    assert set(rows) == {(p, k) for p in spec.policies for k in (1.5, 5.0)}
+    for r in rows.values():
+        assert r["n"] == 300 and 0.0 <= r["finish_rate"] <= 1.0
+        assert sum(r["exits"]) == r["on_time"] + r["late"]  # every request that ran exited once
+    assert rows[("orloj", 5.0)]["finish_rate"] >= rows[("orloj", 1.5)]["finish_rate"]
+    assert rows[("orloj", 5.0)]["finish_rate"] > 0.5
+
+
+def test_cli_sim_profile_and_errors(tmp_path, capsys):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(make_profile()))
+    out = tmp_path / "r.json"
+    rc = cli_main(["bench", "--mode", "sim", "--profile", str(path), "--policies", "orloj,static",
+                   "--slo-k", "2", "--requests", "200", "--max-batch", "4", "--json", str(out), "--no-progress"])
+    assert rc == 0
+    rep = json.loads(out.read_text())
+    assert rep["profile"]["model"] == "minilm" and len(rep["results"]) == 2
+    assert "orloj" in capsys.readouterr().out
+    assert cli_main(["bench", "--mode", "sim", "--profile", str(path), "--workload", "digits-ee"]) == 2
+    assert "digits-ee" in capsys.readouterr().err
+    old = make_profile()
+    del old["inputs"]
+    path.write_text(json.dumps(old))
+    with pytest.raises(ProfileError, match="inputs"):
+        load_profile(path)
+    assert cli_main(["bench", "--mode", "sim", "--profile", str(path)]) == 2
+    assert cli_main(["bench", "--mode", "engine", "--profile", str(path), "--workload", "minilm-text"]) == 2
