@@ -485,3 +485,30 @@ def test_metered_executor_forwards_the_compile_hook_and_request_compile():
     inner.on_compiled(IMG, 4, 8, 12.0)
     assert backend.scheduler.latency.is_warm(IMG, 4, 8)
     assert 'orloj_compile_events_total{model="img",phase="background"} 1.0' in metrics.exposition().decode()
+
+
+def test_infer_fast_path_sits_after_auth_and_routes_the_rest(monkeypatch):
+    """InferFastPath is the innermost user middleware (authorisation first). It answers
+    POST .../infer itself (the router is never asked), and leaves other methods and
+    nested paths to the router: GET infer is 405, a slash in the name 404."""
+    import server.app as app_mod
+    from server.security import BearerAuth
+
+    app = create_app(lambda: make_backend(), ServerConfig(wait_ready=True, api_key="k"))
+    assert [m.cls for m in app.user_middleware] == [BearerAuth, app_mod.InferFastPath]
+    routed = []
+    real = app_mod.infer
+
+    async def spy(request):
+        routed.append(request.url.path)
+        return await real(request)
+
+    with TestClient(create_app(lambda: make_backend(), ServerConfig(wait_ready=True))) as c:
+        monkeypatch.setattr(app_mod, "infer", spy)  # the fast path looks it up at call time
+        x = np.ones((8, 8), np.float32)
+        r = post(c, IMG, {"inputs": [array_to_wire(x, True)]})
+        assert r.status_code == 200 and routed == [f"/v1/models/{IMG}/infer"]
+        assert c.get(f"/v1/models/{IMG}/infer").status_code == 405
+        r = c.post("/v1/models/a/b/infer", content=b"\x80", headers={"content-type": MP})
+        assert r.status_code == 404 and msgpack.unpackb(r.content)["code"] == "not_found"
+        assert routed == [f"/v1/models/{IMG}/infer"]
