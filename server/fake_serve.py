@@ -19,11 +19,14 @@ import argparse
 import collections
 import logging
 import math
+import os
 import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +68,26 @@ class TimedExecutor(FakeExecutor):
         return BatchResult(device_ms=ms, solo_ms=np.full(len(batch), solo),
                            compile_ms=result.compile_ms, exit_index=result.exit_index,
                            outputs=result.outputs)
+
+
+def spawn(*args: str, cwd: str | os.PathLike[str] | None = None, log_level: str = "info",
+          **popen: Any) -> tuple[subprocess.Popen, str]:
+    """Start ``python -m server.fake_serve ARGS`` on a loopback socket bound here and handed
+    over (no port race); (process, base URL). Once the child closes the socket (at
+    shutdown), connections are refused: this process keeps no copy."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1024)
+        port = sock.getsockname()[1]
+        popen.setdefault("stdout", subprocess.PIPE)
+        popen.setdefault("stderr", subprocess.STDOUT)
+        p = subprocess.Popen([sys.executable, "-m", "server.fake_serve", "--fd", str(sock.fileno()),
+                              "--log-level", log_level, *args], cwd=cwd, pass_fds=[sock.fileno()],
+                             text=True, **popen)
+    finally:
+        sock.close()
+    return p, f"http://127.0.0.1:{port}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,30 +19,18 @@ import msgpack
 import numpy as np
 import pytest
 
-from server.fake_serve import SLOW_PIXEL
+from server.fake_serve import SLOW_PIXEL, spawn
 
 ROOT = Path(__file__).resolve().parents[1]
 MP = "application/msgpack"
 
 
-def _listening_socket() -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    s.listen(128)
-    return s
-
-
 @contextlib.contextmanager
 def fake_server(*args: str):
     """``python -m server.fake_serve`` on a socket bound here and handed over (no port race)."""
-    sock = _listening_socket()
-    port = sock.getsockname()[1]
-    p = subprocess.Popen([sys.executable, "-m", "server.fake_serve", "--fd", str(sock.fileno()),
-                          "--log-level", "info", *args], cwd=ROOT, pass_fds=[sock.fileno()],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    sock.close()  # the child holds the only copy: once it closes it, connections are refused
+    p, url = spawn(*args, cwd=str(ROOT))
     try:
-        yield p, f"http://127.0.0.1:{port}"
+        yield p, url
     finally:
         if p.poll() is None:
             p.kill()
