@@ -521,7 +521,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             proc.wait(10)
     err = proc.stderr.read() if proc.stderr else ""
     res = {
-        "command": "python -m bench.stress " + " ".join(a.argv),
+        "command": ("python -m bench.stress " + " ".join(a.argv)).strip(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "server": {"policy": "orloj", "max_queue": a.max_queue, "batch_ms": a.batch_ms, "max_batch": MAX_BATCH},
