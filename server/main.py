@@ -182,7 +182,44 @@ def build_parser(prog: str = "orloj serve") -> argparse.ArgumentParser:
     p.add_argument("--wait-ready", action="store_true",
                    help="accept connections only once models are loaded and warmed")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    ray = p.add_argument_group("Ray Serve (the optional 'ray' extra)")
+    ray.add_argument("--ray", action="store_true",
+                     help="serve on a local Ray cluster (or RAY_ADDRESS): one orloj engine per replica, "
+                     "deadline-aware routing between them (server/ray_app.py)")
+    ray.add_argument("--replicas", type=int, default=1, help="orloj replicas (one device each)")
+    ray.add_argument("--autoscale", default=None, metavar="MIN,MAX",
+                     help="let Ray Serve scale replicas between MIN and MAX on their reported backlog")
+    ray.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs per replica (1: one device each)")
     return p
+
+
+def zoo_backend(models: Sequence[str] = DEFAULT_MODELS, **options: Any) -> Backend:
+    """``zoo_factory(models, **options)()``: importable by name from a Ray replica."""
+    return zoo_factory(models, **options)()
+
+
+def serve_ray(a: argparse.Namespace, models: Sequence[str], config: ServerConfig) -> None:
+    from models import MODEL_NAMES
+
+    from .ray_app import run_local
+
+    unknown = [m for m in models if m not in MODEL_NAMES]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; known: {', '.join(MODEL_NAMES)}")
+    auto = None
+    if a.autoscale:
+        lo, _, hi = a.autoscale.partition(",")
+        auto = (int(lo), int(hi))
+        if not 1 <= auto[0] <= auto[1]:
+            raise ValueError(f"--autoscale wants MIN,MAX with 1 <= MIN <= MAX, got {a.autoscale!r}")
+    if a.replicas < 1:
+        raise ValueError(f"--replicas must be >= 1, got {a.replicas}")
+    kwargs = {"models": list(models), "cache_dir": a.cache_dir, "max_batch": a.max_batch, "policy": a.policy,
+              "max_queue": a.max_queue, "compile_cache_dir": a.compile_cache_dir, "slo_ms": a.slo_ms,
+              "warm": a.warm}
+    actor = {"num_cpus": 0, "num_gpus": a.replica_gpus} if a.replica_gpus else None
+    run_local("server.main:zoo_backend", kwargs, host=a.host, port=a.port, replicas=a.replicas,
+              config=config, autoscale=auto, ray_actor_options=actor)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -197,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = sorted(set(a.slo_ms) - set(models))
         if unknown:
             raise ValueError(f"--slo-ms names model(s) not served: {unknown}")
+        if a.ray:
+            serve_ray(a, models, config)
+            return 0
         serve(a.host, a.port, models, a.policy, a.max_batch, a.compile_cache_dir, a.max_queue,
               cache_dir=a.cache_dir, slo_ms=a.slo_ms, warm=a.warm, config=config, log_level=a.log_level)
     except StartupFailed as e:

@@ -166,3 +166,21 @@ def running_server(app: Any, start_timeout_s: float = 60.0) -> Iterator[str]:
         t.join(30)
         sock.close()
     assert not t.is_alive(), "uvicorn did not stop"
+
+
+class SlowExecutor(FakeExecutor):
+    """A FakeExecutor whose every batch takes ``delay_ms`` of wall time."""
+
+    def __init__(self, delay_ms: float, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.delay_ms = delay_ms
+
+    def run(self, batch: Batch) -> BatchResult:
+        time.sleep(self.delay_ms / 1000.0)
+        return super().run(batch)
+
+
+def slow_backend(delay_ms: float = 0.0, **kwargs: Any) -> Backend:
+    """``make_backend`` on a SlowExecutor: a factory a separate process can import by name
+    (``"server.testing:slow_backend"``, e.g. for the Ray Serve replicas)."""
+    return make_backend(SlowExecutor(delay_ms) if delay_ms else None, **kwargs)
