@@ -57,6 +57,7 @@ class ClusterResult:
         out.update(
             devices=len(self.batch_sizes),
             decision_mean_us=float(d.mean()) if d.size else 0.0,
+            decision_p50_us=float(np.median(d)) if d.size else 0.0,
             decision_p99_us=float(np.percentile(d, 99)) if d.size else 0.0,
             per_device_requests=np.bincount(self.device_of, minlength=len(self.batch_sizes)).tolist(),
         )
