@@ -5,17 +5,27 @@ answer in the request handler, per batch in :class:`MeteredExecutor` (the execut
 wrapper the app puts around the injected executor), compiles at warm-up and in serving.
 Gauges that are state (queue depth, finish rate, readiness, warm shapes) are read at
 scrape time by a custom collector.
+
+The metrics written per request (requests by outcome, HTTP answers, latency, queue and
+run histograms) are :class:`LiteCounter` / :class:`LiteHistogram`: plain Python counts
+exposed by a collector at scrape time, with the same names, labels and buckets as
+prometheus_client's own. prometheus_client's ``Histogram.observe`` takes a lock per
+bucket and sum update, which under load was about a tenth of the event loop's time;
+these are written only from the server's event loop (one writer, so no lock).
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 from orloj_jax.executor import Executor
 from orloj_jax.request import Outcome
@@ -48,21 +58,100 @@ class Children(dict):
         return child
 
 
+class _HistChild:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: list[float]):
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, v)] += 1  # bucket le=b holds v <= b
+        self.sum += v
+
+
+class LiteHistogram:
+    """A labelled histogram for one writer thread: ``h[(model,)].observe(seconds)``."""
+
+    def __init__(self, name: str, doc: str, labelnames: list[str], buckets: Iterable[float], registry):
+        self.children: dict[tuple[str, ...], _HistChild] = {}
+        self.name, self.doc, self.labelnames = name, doc, list(labelnames)
+        self.bounds = [float(b) for b in buckets]
+        if self.bounds[-1] != math.inf:
+            self.bounds.append(math.inf)
+        registry.register(self)
+
+    def __getitem__(self, key: tuple[str, ...]) -> _HistChild:
+        child = self.children.get(key)
+        if child is None:
+            child = self.children[key] = _HistChild(self.bounds)
+        return child
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        fam = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+        for key, ch in list(self.children.items()):
+            cum, buckets = 0, []
+            for b, c in zip(self.bounds, list(ch.counts), strict=True):
+                cum += c
+                buckets.append((floatToGoString(b), cum))
+            fam.add_metric(list(key), buckets, ch.sum)
+        yield fam
+
+
+class _CountChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, n: float = 1.0) -> None:
+        self.value += n
+
+
+class LiteCounter:
+    """A labelled counter for one writer thread: ``c[(model, "ok")].inc()``."""
+
+    def __init__(self, name: str, doc: str, labelnames: list[str], registry):
+        self.children: dict[tuple[str, ...], _CountChild] = {}
+        self.name, self.doc, self.labelnames = name, doc, list(labelnames)
+        registry.register(self)
+
+    def __getitem__(self, key: tuple[str, ...]) -> _CountChild:
+        child = self.children.get(key)
+        if child is None:
+            child = self.children[key] = _CountChild()
+        return child
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        fam = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
+        for key, ch in list(self.children.items()):
+            fam.add_metric(list(key), ch.value)
+        yield fam
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.items = Counter("orloj_requests", "Engine requests (one per input item) by terminal outcome",
-                             ["model", "outcome"], registry=r)
-        self.http = Counter("orloj_http_responses", "Inference HTTP answers by status and code",
-                            ["model", "status", "code"], registry=r)
-        self.latency = Histogram("orloj_request_latency_seconds",
-                                 "Inference request latency: body received to answer encoded",
-                                 ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
-        self.queue = Histogram("orloj_queue_seconds", "Per item: arrival to start of its batch",
-                               ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
-        self.run = Histogram("orloj_run_seconds", "Per item: batch start to the item's answer (exit)",
-                             ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
+        # written per request, from the event loop only: lock-free (see the module docstring)
+        self.items_c = LiteCounter("orloj_requests", "Engine requests (one per input item) by terminal outcome",
+                                   ["model", "outcome"], r)
+        self.http_c = LiteCounter("orloj_http_responses", "Inference HTTP answers by status and code",
+                                  ["model", "status", "code"], r)
+        self.latency_c = LiteHistogram("orloj_request_latency_seconds",
+                                       "Inference request latency: body received to answer encoded",
+                                       ["model"], LATENCY_BUCKETS_S, r)
+        self.queue_c = LiteHistogram("orloj_queue_seconds", "Per item: arrival to start of its batch",
+                                     ["model"], LATENCY_BUCKETS_S, r)
+        self.run_c = LiteHistogram("orloj_run_seconds", "Per item: batch start to the item's answer (exit)",
+                                   ["model"], LATENCY_BUCKETS_S, r)
         self.batch_size = Histogram("orloj_batch_size", "Members per executed batch", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
         self.batch_bucket = Histogram("orloj_batch_bucket", "Padded batch bucket per executed batch",
@@ -80,11 +169,6 @@ class Metrics:
         self._lock = threading.Lock()
         self._outcomes: dict[str, dict[str, int]] = {}
         # cached labelled children (see Children) of the metrics written per request / batch
-        self.items_c = Children(self.items)
-        self.http_c = Children(self.http)
-        self.latency_c = Children(self.latency)
-        self.queue_c = Children(self.queue)
-        self.run_c = Children(self.run)
         self.batch_size_c = Children(self.batch_size)
         self.batch_bucket_c = Children(self.batch_bucket)
         self.batch_device_c = Children(self.batch_device)
