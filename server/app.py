@@ -372,10 +372,51 @@ def _outcome_error(reqs: Sequence[EngineRequest], config: ServerConfig) -> ApiEr
 # ----------------------------------------------------------------------------- routes
 
 
+_FORMATS: dict[tuple[str | None, str | None], tuple[str | None, str]] = {}
+
+
+def _formats(request: Request) -> tuple[str | None, str]:
+    """(body encoding or None, answer encoding) of a request, parsed once per request.
+
+    The answer's encoding is Accept's if it names msgpack/JSON, else the body's, else
+    JSON. Parsed pairs of header values are memoised (a bounded cache: clients choose
+    the strings, and nearly all send the same two or three).
+    """
+    scope = request.scope
+    got = scope.get("orloj.formats")
+    if got is None:
+        h = request.headers
+        key = (h.get("content-type"), h.get("accept"))
+        got = _FORMATS.get(key)
+        if got is None:
+            body = media_format(key[0])
+            got = (body, accept_format(key[1]) or body or "json")
+            if len(_FORMATS) >= 256:
+                _FORMATS.clear()
+            _FORMATS[key] = got
+        scope["orloj.formats"] = got
+    return got
+
+
 def _fmt(request: Request) -> str:
     """Answer encoding: Accept if it names msgpack/JSON, else the body's, else JSON."""
-    return (accept_format(request.headers.get("accept"))
-            or media_format(request.headers.get("content-type")) or "json")
+    return _formats(request)[1]
+
+
+class _Answer(Response):
+    """A 200 answer already encoded: the two ASGI messages with precomputed headers."""
+
+    _CT = {fmt: (b"content-type", ct.encode("latin-1")) for fmt, ct in CONTENT_TYPES.items()}
+
+    def __init__(self, body: bytes, fmt: str) -> None:  # noqa: D107 - no Response.__init__ on purpose
+        self.status_code = 200
+        self.body = body
+        self.background = None
+        self.raw_headers = [(b"content-length", str(len(body)).encode("latin-1")), self._CT[fmt]]
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 def _respond(request: Request, obj: Any, status: int = 200, headers: dict[str, str] | None = None,
@@ -406,7 +447,7 @@ async def infer(request: Request) -> Response:
         backend, engine = state.require_ready(check_alive=False)
         served = _served(backend, name)
         label = name
-        fmt_in = media_format(request.headers.get("content-type"))
+        fmt_in = _formats(request)[0]
         if fmt_in is None:
             raise ApiError("unsupported_media_type",
                            f"Content-Type {_short(request.headers.get('content-type'))} is not accepted; "
@@ -521,7 +562,7 @@ async def _infer(request: Request, state: AppState, backend: Backend, engine: En
                 "total_ms": _num(engine.now() - t0),
             },
         }
-        return Response(encode_body(answer, fmt), media_type=CONTENT_TYPES[fmt])
+        return _Answer(encode_body(answer, fmt), fmt)
     except (TypeError, ValueError) as e:
         log.exception("cannot encode the answer of %s", name)
         raise ApiError("internal_error", f"cannot encode the model's output: {e}") from None

@@ -97,7 +97,7 @@ def parse_infer(obj: Any, served: ServedModel, config: ServerConfig) -> InferCal
     """Validate a decoded body; raise ApiError naming the field and the offending value."""
     if not isinstance(obj, dict):
         raise ApiError("bad_body", f"the body must be a map, got {_tname(obj)}")
-    unknown = sorted(str(k) for k in obj if k not in INFER_FIELDS)
+    unknown = sorted(str(k) for k in obj if k not in INFER_FIELDS) if obj.keys() - INFER_FIELDS else None
     if unknown:
         raise ApiError("unknown_field", f"unknown field(s) {unknown}; allowed: {sorted(INFER_FIELDS)}",
                        field=unknown[0])
@@ -212,7 +212,7 @@ def _check_array(v: Any, where: str, spec: ArrayInput) -> np.ndarray:
     if not isinstance(v, dict):
         raise ApiError("invalid_field", f"'{where}' must be an array map {{dtype, shape, data}}, "
                        f"got {_tname(v)}", field=where)
-    extra = sorted(str(k) for k in v if k not in ARRAY_FIELDS)
+    extra = sorted(str(k) for k in v if k not in ARRAY_FIELDS) if len(v) != len(ARRAY_FIELDS) or v.keys() - ARRAY_FIELDS else None
     if extra:
         raise ApiError("unknown_field", f"'{where}' has unknown field(s) {extra}; allowed: {list(ARRAY_FIELDS)}",
                        field=f"{where}.{extra[0]}")
@@ -223,7 +223,8 @@ def _check_array(v: Any, where: str, spec: ArrayInput) -> np.ndarray:
     if not isinstance(dtype, str) or dtype not in spec.dtypes:
         raise ApiError("invalid_dtype", f"'{where}.dtype' {_short(dtype)} is not accepted; "
                        f"accepted: {list(spec.dtypes)}", field=f"{where}.dtype")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+    if not isinstance(shape, list) or not all(type(d) is int or (isinstance(d, int) and not isinstance(d, bool))
+                                              for d in shape):
         raise ApiError("invalid_shape", f"'{where}.shape' must be a list of integers, got {_short(shape)}",
                        field=f"{where}.shape")
     shp = tuple(shape)
