@@ -117,6 +117,17 @@ class Engine:
             self.executor.close()
 
     @property
+    def lock(self):
+        """The lock that guards the scheduler: hold it to read the scheduler's state
+        (queue, latency model) consistently from another thread, briefly."""
+        return self._lock
+
+    @property
+    def inbox_depth(self) -> int:
+        """Requests submitted but not yet moved into the scheduler."""
+        return len(self._inbox)
+
+    @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self._dead is None
 

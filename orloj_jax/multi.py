@@ -105,8 +105,8 @@ class MultiEngine:
         ]
         self.board = LoadBoard(len(pairs))
         self.dispatcher = make_dispatcher(dispatcher) if isinstance(dispatcher, str) else dispatcher
-        # Engine._lock guards the scheduler: the latency model is read under it.
-        self.dispatcher.bind(self.board, [_LockedView(e.scheduler, e._lock) for e in self.engines])
+        # Engine.lock guards the scheduler: the latency model is read under it.
+        self.dispatcher.bind(self.board, [_LockedView(e.scheduler, e.lock) for e in self.engines])
         self._lock = threading.Lock()
         self._where: dict[int, int] = {}  # request id -> device, while not answered
         self.dispatched = [0] * len(pairs)

@@ -197,7 +197,7 @@ class ReplicaCore:
         """The replica's queue state for the router (see the module docstring)."""
         eng = self.engine
         sched = eng.scheduler
-        with eng._lock:  # the device thread updates the scheduler under it
+        with eng.lock:  # the device thread updates the scheduler under it
             now = eng.now()
             lat = sched.latency
             run = sched.running
@@ -222,7 +222,7 @@ class ReplicaCore:
                         by_tag.setdefault(tag, []).append(lat.dists[cid].samples())
                 classes[model] = {t: np.quantile(np.concatenate(xs), STAT_QUANTILES).tolist()
                                   for t, xs in by_tag.items()}
-        return {"t": unix_ms(), "running_left_ms": left, "queued": len(queued) + len(eng._inbox),
+        return {"t": unix_ms(), "running_left_ms": left, "queued": len(queued) + eng.inbox_depth,
                 "queued_solo_ms": solo, "max_batch": {m: s.max_batch for m, s in sched.models.items()},
                 "g": g, "quantiles": classes}
 
