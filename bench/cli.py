@@ -68,6 +68,12 @@ def _add_bench(sub) -> None:
     add_http_args(p)
 
 
+def _write_json(path: Path | None, report: dict) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+
+
 def _bench_engine(a, spec: BenchSpec) -> int:
     from .engine_mode import ZOO_WORKLOADS, engine_trace_report, engine_zoo_report
 
@@ -80,9 +86,7 @@ def _bench_engine(a, spec: BenchSpec) -> int:
         report = engine_trace_report(spec, get_workload(a.workload))
     print(format_table(report))
     print(f"compiles while serving: {report['compiles_while_serving']}", file=sys.stderr)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(report, indent=2))
+    _write_json(a.json, report)
     return 0
 
 
@@ -102,9 +106,7 @@ def _bench_profile(a, spec: BenchSpec) -> int:
         print(f"orloj bench: {e}", file=sys.stderr)
         return 2
     print(format_table(report))
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(report, indent=2))
+    _write_json(a.json, report)
     return 0
 
 
@@ -180,9 +182,7 @@ def _bench(a) -> int:
         if bar is not None:
             bar.close()
     print(format_table(report))
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(report, indent=2))
+    _write_json(a.json, report)
     return 0
 
 

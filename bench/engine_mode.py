@@ -107,11 +107,11 @@ class BatchLog:
         return self.inner.run(batch)
 
 
-def _report(spec, workload: str, t0: float, results: list[dict], **extra) -> dict:
+def _report(spec, workload: str, t0: float, results: list[dict], mode: str = "engine", **extra) -> dict:
     """The report dict shared with --mode sim: header, rows, then mode-specific fields."""
     return {
         "workload": workload,
-        "mode": "engine",
+        "mode": mode,
         "load": spec.load,
         "seed": spec.seed,
         "arrival": spec.arrival,

@@ -217,6 +217,7 @@ class ProfiledWorkload:
 def profile_report(spec, profile: dict[str, Any], workload: str | None = None,
                    progress: Callable[[int], None] | None = None, log: Callable[[str], None] = print) -> dict:
     """`--mode sim --profile`: every policy at every k, rows as in the other modes."""
+    from .engine_mode import _report
     from .runner import _policy
 
     name = workload or MODEL_WORKLOAD.get(profile["model"], profile["model"])
@@ -248,19 +249,10 @@ def profile_report(spec, profile: dict[str, Any], workload: str | None = None,
             results.append(row)
             if progress:
                 progress(len(arrivals))
-    return {
-        "workload": name,
-        "mode": "sim",
-        "profile": {"model": w.model, "machine": profile.get("machine"), "solo_p99_ms": w.p99_ms,
-                    "measured_solo_p99_ms": w.measured_p99_ms,
-                    "capacity_rps": w.capacity_rps, "inputs": len(w.sizes)},
-        "load": spec.load,
-        "seed": spec.seed,
-        "arrival": spec.arrival,
-        "max_batch": spec.max_batch,
-        "elapsed_s": round(time.perf_counter() - t0, 3),
-        "results": results,
-    }
+    profile_facts = {"model": w.model, "machine": profile.get("machine"), "solo_p99_ms": w.p99_ms,
+                     "measured_solo_p99_ms": w.measured_p99_ms, "capacity_rps": w.capacity_rps,
+                     "inputs": len(w.sizes)}
+    return _report(spec, name, t0, results, mode="sim", profile=profile_facts)
 
 
 def sample_inputs(executor, model, tag: str, items: Sequence[Any], n: int, seed: int = 0) -> list[dict]:
