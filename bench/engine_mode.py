@@ -268,9 +268,9 @@ def zoo_trace(z: ZooSetup, *, load: float, n: int, seed: int, arrival: str) -> t
     return arr, idx
 
 
-def run_zoo_policy(z: ZooSetup, arrivals: np.ndarray, idx: np.ndarray, slo_ms: float, make: Callable[[], Policy]) -> dict:
-    from orloj_jax.jax_executor import compile_count
-
+def zoo_latency(z: ZooSetup, warm: set[tuple[int, int]] | None = None) -> LatencyModel:
+    """The engine's starting knowledge: the offline profile, and which shapes are warm
+    (the executor's, or the given (batch bucket, shape bucket) pairs)."""
     lat = LatencyModel()
     for sb, xs in z.profile_solo.items():
         lat.seed(z.spec.name, z.tag, xs, shape_bucket=sb)
@@ -278,8 +278,15 @@ def run_zoo_policy(z: ZooSetup, arrivals: np.ndarray, idx: np.ndarray, slo_ms: f
         lat.seed_scaling(z.spec.name, {bb: ratio}, shape_bucket=sb)
     for bb in z.spec.batch_buckets:
         for sb in z.spec.shape_buckets:
-            if z.executor.is_warm(z.spec.name, bb, sb):
+            if (bb, sb) in warm if warm is not None else z.executor.is_warm(z.spec.name, bb, sb):
                 lat.mark_warm(z.spec.name, bb, sb)
+    return lat
+
+
+def run_zoo_policy(z: ZooSetup, arrivals: np.ndarray, idx: np.ndarray, slo_ms: float, make: Callable[[], Policy]) -> dict:
+    from orloj_jax.jax_executor import compile_count
+
+    lat = zoo_latency(z)
     ex = BatchLog(z.executor)
     eng = Engine(Scheduler(make(), [z.spec], lat), ex, owns_executor=False)
     eng.start()

@@ -201,12 +201,23 @@ class ProfiledWorkload:
         return lat
 
     def simulate(self, arrivals: np.ndarray, idx: np.ndarray, slo_ms: float, policy) -> dict:
+        """Requests arriving at `arrivals`, request i being sampled input idx[i]."""
+        return self.simulate_inputs(arrivals, self.sizes[idx], self.exits[idx], slo_ms, policy)
+
+    def simulate_inputs(self, arrivals, sizes, exits, slo_ms: float, policy,
+                        latency: LatencyModel | None = None) -> dict:
+        """Any inputs (size, exit stage) at any arrival times, on the profiled device.
+
+        `latency` replaces the offline profile this workload would seed (e.g. the one a
+        live engine was given, to replay its exact run)."""
         from orloj_jax.stats import summarize
 
-        reqs = [Request(self.model, self.tag, float(a), float(a) + slo_ms, size=int(self.sizes[i]),
-                        payload=int(self.exits[i]), true_ms=float(self.solo[i]))
-                for a, i in zip(arrivals, idx, strict=True)]
-        sched = Scheduler(policy, [self.spec], self.latency_model(), SchedulerConfig(max_queue=1_000_000))
+        shapes = [self.spec.shape_bucket(int(z)) for z in sizes]
+        reqs = [Request(self.model, self.tag, float(a), float(a) + slo_ms, size=int(z), payload=int(e),
+                        true_ms=self.device.solo_ms(sb, int(e)))
+                for a, z, e, sb in zip(arrivals, sizes, exits, shapes, strict=True)]
+        lat = latency if latency is not None else self.latency_model()
+        sched = Scheduler(policy, [self.spec], lat, SchedulerConfig(max_queue=1_000_000))
         res = run_schedule(sched, reqs, self.device)
         row = summarize(res.requests, res.batch_sizes, float(arrivals[-1] - arrivals[0]))
         done = [r.exit_index for r in res.requests if r.exit_index is not None]
