@@ -437,6 +437,19 @@ def machine_info() -> dict:
     return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "platform": platform.platform(), **vers}
 
 
+def _git_head() -> str | None:
+    """The checkout's HEAD (and whether its tree had local changes), for the runs log."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+local changes" if dirty else "")) or None
+
+
 # -- command line -----------------------------------------------------------
 def _floats(s: str) -> tuple[float, ...]:
     return tuple(float(x) for x in s.split(",") if x.strip())
@@ -517,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         engine_cells = run_engine(spec, out, cache_dir=a.cache_dir, compile_cache_dir=a.compile_cache_dir, log=log)
         run["engine_wall_s"] = round(time.perf_counter() - t0, 2)
-    run.update(started=started, argv=argv)
+    run.update(started=started, argv=argv, commit=_git_head())
     with (out / "runs.jsonl").open("a") as f:
         f.write(json.dumps(run) + "\n")
     rows, tunes = collect(spec, out)
