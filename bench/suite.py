@@ -467,7 +467,7 @@ def _workloads(s: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="orloj bench --suite", description="Run a benchmark suite (resumable) and write its report.")
+    p = argparse.ArgumentParser(prog="orloj bench", description="Run a benchmark suite (resumable) and write its report.")
     p.add_argument("--suite", choices=sorted(SUITES), required=True)
     p.add_argument("--out", type=Path, required=True, help="report directory (cells are cached in OUT/cells)")
     p.add_argument("--workloads", type=_workloads, help="comma-separated workloads or families (" + ", ".join(FAMILIES) + ")")
