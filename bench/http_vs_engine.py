@@ -6,9 +6,11 @@
 First the engine mode in-process, exactly as `orloj bench --mode engine` (warm-up,
 offline profile, capacity measured through the engine). Then, per policy, a real
 server (`orloj serve --models MODEL --policy P` in a subprocess, on a free loopback
-port, compile cache in .cache/xla) and `orloj bench --mode http` against it with the
-engine's capacity and SLO base (`capacity_rps=`, `slo_base_ms=`), so both modes replay
-the same arrivals, inputs and SLOs in milliseconds. The table gives each policy's
+port, compile cache in .cache/xla, its latency model seeded with `--profile` from a
+profile of the same executor, as the engine's was from its offline profile) and
+`orloj bench --mode http` against it with the engine's capacity and SLO base
+(`capacity_rps=`, `slo_base_ms=`), so both modes replay the same arrivals, inputs and
+SLOs in milliseconds. The table gives each policy's
 finish rate both ways, the difference (issue 5's target: at most 0.05 at moderate
 load) and the HTTP client's own finish rate (answers within the SLO as the client
 measured them, socket and event loop included).
@@ -24,11 +26,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from .engine_mode import run_zoo_policy, setup_zoo, zoo_trace
 from .http_mode import run_http, wait_ready
+from .profile import add_model_facts
 from .runner import BenchSpec, _policy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,10 +45,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(model: str, policy: str, max_batch: int, ready_s: float = 600.0):
+def serve(model: str, policy: str, max_batch: int, profile: Path | None = None, ready_s: float = 600.0):
     port = _free_port()
     cmd = [sys.executable, "-m", "server.main", "--models", model, "--policy", policy, "--port", str(port),
            "--max-batch", str(max_batch), "--compile-cache-dir", str(ROOT / ".cache" / "xla"), "--log-level", "warning"]
+    if profile is not None:
+        cmd += ["--profile", str(profile)]
     proc = subprocess.Popen(cmd, cwd=str(ROOT), env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
@@ -89,11 +95,17 @@ def main(argv: list[str] | None = None) -> int:
             engine[(pol, k)] = run_zoo_policy(z, arrivals, idx, k * z.p99_ms, lambda n=pol: _policy(n, spec, None))["finish_rate"]
             log(f"[engine] {pol} k={k}: {engine[(pol, k)]:.3f}")
     model = z.spec.name
+    # The engine ran with an offline profile; the servers get the same kind of knowledge
+    # (`orloj serve --profile`), measured on this executor as `orloj profile` would.
+    prof = z.executor.profile(model, reps=10)
+    prof.update(add_model_facts(z.executor, z.model, prof, 300, seed=a.seed, log=log))
     z.executor.close()
+    prof_path = Path(tempfile.mkdtemp(prefix="orloj-hve-")) / f"{model}.json"
+    prof_path.write_text(json.dumps(prof))
     rows = []
     for pol in pols:
         log(f"[http] starting `orloj serve --models {model} --policy {pol}`")
-        with serve(model, pol, a.max_batch) as url:
+        with serve(model, pol, a.max_batch, prof_path) as url:
             rep = run_http(BenchSpec([pol], spec.slo_ks, load=spec.load, n_requests=spec.n_requests, seed=spec.seed,
                                      max_batch=spec.max_batch, arrival=spec.arrival),
                            a.workload, url, capacity_rps=z.capacity_rps, slo_base_ms=z.p99_ms, log=log)

@@ -12,8 +12,10 @@ a laptop.
 on the profile's numbers: a batch runs stage by stage at its batch bucket; members
 leave at their exit stage (answered then: ``finish_ms``); the survivors are compacted
 into the smallest batch bucket that holds them; each stage costs its profiled median
-plus an even share of the loop's host overhead (``run_ms - full_ms``). A member's
-solo time is what the executor reports too: its batch-1 steps up to its exit.
+plus an even share of the loop's host overhead (``run_ms - full_ms``), scaled per
+shape bucket so that the sampled real inputs' measured solo runs are matched (the
+stage tables are timed on synthetic activations). A member's solo time is what the
+executor reports too: its batch-1 steps up to its exit.
 
 The workload is built exactly as ``--mode engine`` builds it from its own
 measurements, but from the profile: the SLO base is the P99 of the sampled inputs'
@@ -89,8 +91,31 @@ class ProfiledDevice:
                    if (int(sb), bb) not in self.step]
         if missing:
             raise ProfileError(f"profile lacks (shape, batch) buckets {missing[:5]}")
+        self.calibration: dict[int, float] = {}
+        self._calibrate(profile.get("inputs") or [])
         self._solo = {sb: np.cumsum(self.step[(sb, 1)]) for sb in {k[0] for k in self.step}
                       if (sb, 1) in self.step}
+
+    def _calibrate(self, inputs: list[dict]) -> None:
+        """Scale each shape bucket's step times to the real inputs' measured runs.
+
+        The stage tables are timed on synthetic activations (``JaxExecutor.profile``),
+        whose speed can differ from real inputs' (measured here: 10-30% at 256 tokens
+        on CPU, either way between runs). Each sampled input was also run alone, so per
+        shape bucket the median of (measured run / modelled solo time) rescales every
+        (batch bucket, stage) of that shape; the factors are kept in `calibration`.
+        """
+        by_sb: dict[int, list[float]] = {}
+        for x in inputs:
+            sb, e, ms = int(x["shape_bucket"]), int(x["exit"]), float(x.get("solo_ms", 0.0))
+            base = self.step.get((sb, 1))
+            if base is not None and ms > 0 and 0 <= e < self.num_stages:
+                by_sb.setdefault(sb, []).append(ms / float(base[: e + 1].sum()))
+        for sb, ratios in by_sb.items():
+            c = float(np.median(ratios))
+            self.calibration[sb] = round(c, 4)
+            for bb in self.batch_buckets:
+                self.step[(sb, bb)] = self.step[(sb, bb)] * c
 
     def solo_ms(self, shape_bucket: int, exit_stage: int) -> float:
         """A member's solo-equivalent time: its batch-1 steps up to its exit."""
@@ -225,6 +250,22 @@ class ProfiledWorkload:
         return row
 
 
+def seed_latency_from_profile(latency: LatencyModel, profile: dict[str, Any], tag: str, max_batch: int) -> dict:
+    """Start a live scheduler with what a profile measured instead of cold.
+
+    Per shape bucket, the sampled inputs' solo times become the class (model, `tag`,
+    shape)'s first samples, and g(b) per (batch, shape) bucket comes from full batches
+    on the profiled device: what `--mode engine` gives its engine as offline profile.
+    Returns a summary (samples per shape, calibration) for the log."""
+    w = ProfiledWorkload(profile, max_batch)
+    for sb in np.unique(w.shapes):
+        latency.seed(w.model, tag, w.solo[w.shapes == sb], shape_bucket=int(sb))
+    for (bb, sb), ratio in w.profile_g.items():
+        latency.seed_scaling(w.model, {bb: ratio}, shape_bucket=sb)
+    return {"model": w.model, "samples": {int(sb): int((w.shapes == sb).sum()) for sb in np.unique(w.shapes)},
+            "calibration": w.device.calibration}
+
+
 def profile_report(spec, profile: dict[str, Any], workload: str | None = None,
                    progress: Callable[[int], None] | None = None, log: Callable[[str], None] = print) -> dict:
     """`--mode sim --profile`: every policy at every k, rows as in the other modes."""
@@ -262,7 +303,7 @@ def profile_report(spec, profile: dict[str, Any], workload: str | None = None,
                 progress(len(arrivals))
     profile_facts = {"model": w.model, "machine": profile.get("machine"), "solo_p99_ms": w.p99_ms,
                      "measured_solo_p99_ms": w.measured_p99_ms, "capacity_rps": w.capacity_rps,
-                     "inputs": len(w.sizes)}
+                     "inputs": len(w.sizes), "calibration": w.device.calibration}
     return _report(spec, name, t0, results, mode="sim", profile=profile_facts)
 
 
@@ -283,4 +324,4 @@ def sample_inputs(executor, model, tag: str, items: Sequence[Any], n: int, seed:
 
 
 __all__ = ["PROFILE_WORKLOADS", "ProfileError", "ProfiledDevice", "ProfiledWorkload", "load_profile",
-           "profile_report", "sample_inputs"]
+           "profile_report", "sample_inputs", "seed_latency_from_profile"]

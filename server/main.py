@@ -30,6 +30,8 @@ WARM_MODES = ("all", "batch1", "none")
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
+log = logging.getLogger("orloj.server")
+
 def batch_buckets(max_batch: int) -> tuple[int, ...]:
     """Powers of two below ``max_batch``, then ``max_batch``: (1, 2, 4, 8) for 8."""
     if max_batch < 1:
@@ -57,8 +59,13 @@ def build_backend(
     slo_ms: Mapping[str, float] | None = None,
     warm: str = "all",
     executor: Any = None,
+    profiles: Sequence[str | os.PathLike[str]] = (),
 ) -> Backend:
-    """A Backend of loaded StagedModels on a JaxExecutor (or the given ``executor``)."""
+    """A Backend of loaded StagedModels on a JaxExecutor (or the given ``executor``).
+
+    ``profiles``: files from ``orloj profile`` (one per model at most) whose sampled
+    inputs and batch scaling seed the latency model, so that the scheduler starts with
+    per-shape distributions instead of cold classes."""
     from orloj_jax.latency import LatencyModel
     from orloj_jax.policies import make_policy
     from orloj_jax.scheduler import ModelSpec, Scheduler, SchedulerConfig
@@ -74,6 +81,16 @@ def build_backend(
                       SchedulerConfig(max_queue=max_queue))
     slo_ms = dict(slo_ms or {})
     served = {name: served_model(name, m, slo_ms.get(name)) for name, m in models.items()}
+    for path in profiles:
+        from bench.profile_sim import ProfileError, load_profile, seed_latency_from_profile
+
+        prof = load_profile(path)
+        name = prof["model"]
+        if name not in models:
+            raise ProfileError(f"profile {path} is of model {name!r}, which is not served ({sorted(models)})")
+        done = seed_latency_from_profile(sched.latency, prof, served[name].default_tag,
+                                         max(models[name].batch_buckets))
+        log.info("latency model of %s seeded from %s: samples per shape %s", name, path, done["samples"])
     shapes: dict[str, list[tuple[int, int]]] = {}
     for name, m in models.items():
         bbs = {"all": list(m.batch_buckets), "batch1": [m.batch_buckets[0]], "none": []}[warm]
@@ -118,6 +135,7 @@ def serve(
     policy_options: Mapping[str, Any] | None = None,
     config: ServerConfig | None = None,
     log_level: str = "info",
+    profiles: Sequence[str | os.PathLike[str]] = (),
 ) -> None:
     """Load the models, warm their shapes, serve until SIGTERM / SIGINT (uvicorn, uvloop, httptools).
 
@@ -134,7 +152,7 @@ def serve(
         raise ValueError(f"unknown policy {policy!r}; known: {', '.join(policy_names())}")
     factory = zoo_factory(models, cache_dir=cache_dir, max_batch=max_batch, policy=policy,
                           policy_options=policy_options, max_queue=max_queue,
-                          compile_cache_dir=compile_cache_dir, slo_ms=slo_ms, warm=warm)
+                          compile_cache_dir=compile_cache_dir, slo_ms=slo_ms, warm=warm, profiles=profiles)
     config = config or ServerConfig()
     app = create_app(factory, config)
     run_server(app, host=host, port=port, log_level=log_level, drain_timeout_s=config.drain_timeout_s)
@@ -174,6 +192,8 @@ def build_parser(prog: str = "orloj serve") -> argparse.ArgumentParser:
                    help="shapes compiled before ready: every batch bucket, batch 1 only, or none")
     p.add_argument("--max-body-bytes", type=int, default=ServerConfig.max_body_bytes)
     p.add_argument("--max-items", type=int, default=ServerConfig.max_items)
+    p.add_argument("--profile", action="append", default=[], metavar="PROFILE.json",
+                   help="seed a model's latency model from `orloj profile` output (repeatable, one per model)")
     p.add_argument("--drain-timeout-s", type=float, default=ServerConfig.drain_timeout_s,
                    help="on SIGTERM, how long queued work may run before it is answered shutting_down")
     p.add_argument("--api-key", default=None,
@@ -238,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve_ray(a, models, config)
             return 0
         serve(a.host, a.port, models, a.policy, a.max_batch, a.compile_cache_dir, a.max_queue,
-              cache_dir=a.cache_dir, slo_ms=a.slo_ms, warm=a.warm, config=config, log_level=a.log_level)
+              cache_dir=a.cache_dir, slo_ms=a.slo_ms, warm=a.warm, config=config, log_level=a.log_level,
+              profiles=a.profile)
     except StartupFailed as e:
         print(f"orloj serve: start-up failed: {e}", file=sys.stderr)
         return 1

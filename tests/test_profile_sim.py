@@ -46,6 +46,8 @@ def test_profiled_device_replays_the_stage_loop_with_compaction():
     Stage 1 at b2: t = 4.2, member 2 leaves; 1 left -> bucket 1 (step 1.1).
     Stage 2 at b1: t = 5.3, member 1 leaves. Solo = batch-1 steps to the exit: 1.1 (e + 1)."""
     dev = ProfiledDevice(make_profile())
+    # the inputs' measured solo runs are exactly the stage tables' (1.1 / 2.1 ms per stage)
+    assert dev.calibration == {16: 1.0, 32: 1.0}
     t, fin = dev.batch_times(16, 4, [0, 2, 1])
     assert t == pytest.approx(5.3) and fin == pytest.approx([2.6, 5.3, 4.2])
     reqs = [Request("minilm", "text", 0.0, 100.0, size=10, payload=e) for e in (0, 2, 1)]
@@ -98,3 +100,17 @@ def test_cli_sim_profile_and_errors(tmp_path, capsys):
         load_profile(path)
     assert cli_main(["bench", "--mode", "sim", "--profile", str(path)]) == 2
     assert cli_main(["bench", "--mode", "engine", "--profile", str(path), "--workload", "minilm-text"]) == 2
+
+
+def test_profiled_device_is_calibrated_to_the_measured_inputs():
+    """Inputs that ran 20% slower alone than the stage tables say scale that shape's
+    steps at every batch bucket by 1.2; a shape without measured inputs keeps its tables."""
+    prof = make_profile()
+    for x in prof["inputs"]:
+        if x["shape_bucket"] == 16:
+            x["solo_ms"] *= 1.2
+    dev = ProfiledDevice(prof)
+    assert dev.calibration[16] == pytest.approx(1.2) and dev.calibration[32] == pytest.approx(1.0)
+    assert dev.batch_times(16, 4, [2, 2])[0] == pytest.approx(1.2 * 3 * 2.6)
+    assert dev.solo_ms(16, 0) == pytest.approx(1.2 * 1.1)
+    assert dev.batch_times(32, 1, [2])[0] == pytest.approx(3 * 2.1)

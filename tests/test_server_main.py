@@ -71,3 +71,35 @@ def test_served_model_for_text():
 
     sm = smain.served_model("minilm", Tok())
     assert isinstance(sm.input, TextInput) and sm.preprocess_in_thread and sm.default_slo_ms == 500.0
+
+
+def test_build_backend_seeds_the_latency_model_from_a_profile(tmp_path):
+    """`orloj serve --profile P.json`: the served tag's class per shape starts with the
+    profile's sampled inputs (not cold), g(b) comes from the profile; a profile of a
+    model that is not served is refused."""
+    import json
+
+    from bench.profile_sim import ProfileError
+    from models import digits
+    from orloj_jax.executor import EmulatedExecutor
+
+    cfg = digits.DigitsConfig(variant="ee", batch_buckets=(1, 2, 4))
+    model = digits.DigitsModel(cfg, digits.init_params(cfg), name="digits-ee")
+    rows = [{"batch_bucket": bb, "shape_bucket": 8, "stage_ms": [0.1 * bb] * 3, "run_ms": 0.3 * bb, "compile_ms": 1.0}
+            for bb in (1, 2, 4)]
+    inputs = [{"size": 0, "shape_bucket": 8, "exit": i % 3, "solo_ms": 0.1 * (i % 3 + 1)} for i in range(30)]
+    prof = {"model": "digits-ee", "num_stages": 3, "exit_stages": [0, 1, 2], "batch_buckets": [1, 2, 4],
+            "shape_buckets": [8], "results": rows, "inputs": inputs}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(prof))
+    b = smain.build_backend({"digits-ee": model}, policy="orloj", executor=EmulatedExecutor(lambda n: 1.0),
+                            profiles=[path])
+    lat = b.scheduler.latency
+    d = lat.dist("digits-ee", "image", 8)
+    assert d.n == 30 and not lat.is_cold(lat.class_id("digits-ee", "image", 8))
+    assert sorted(set(d.sorted().round(6))) == [0.1, 0.2, 0.3]
+    assert lat.g("digits-ee", 4, 8) > 1.0  # a full batch of 4 is slower than its slowest member alone
+    prof["model"] = "minilm"
+    path.write_text(json.dumps(prof))
+    with pytest.raises(ProfileError, match="not served"):
+        smain.build_backend({"digits-ee": model}, executor=EmulatedExecutor(lambda n: 1.0), profiles=[path])
