@@ -209,6 +209,8 @@ class AppState:
                 self.policy_info = dict(backend.scheduler.policy.describe())
             except Exception:  # describe is informative only
                 self.policy_info = {"policy": backend.policy}
+            # counted before the phase turns: a probe that sees "warming" sees the total too
+            self.warm_total = sum(len(lst) for lst in backend.warm_shapes.values())
             self.phase = "warming"
             await asyncio.to_thread(self._warm, backend, self.executor)
             engine = Engine(backend.scheduler, self.executor, clock=backend.clock)

@@ -86,29 +86,36 @@ def _str_keys(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
 
 
 def decode_msgpack(body: bytes, limits: DecodeLimits) -> Any:
-    up = msgpack.Unpacker(
-        raw=False,
-        use_list=True,
-        strict_map_key=True,
-        object_pairs_hook=_str_keys,
-        max_buffer_size=max(1, min(limits.max_buffer_size, len(body))),
-        max_str_len=limits.max_str_len,
-        max_bin_len=limits.max_bin_len,
-        max_array_len=limits.max_array_len,
-        max_map_len=limits.max_map_len,
-        max_ext_len=0,
-        ext_hook=_no_ext,
-    )
+    # one C call (msgpack.unpackb) with explicit limits; no streaming buffer is needed, so
+    # max_buffer_size bounds the body itself
+    if len(body) > limits.max_buffer_size:
+        raise ApiError("bad_body", f"msgpack body of {len(body)} bytes exceeds the decoder's "
+                       f"{limits.max_buffer_size}-byte buffer")
     try:
-        up.feed(body)
-        obj = up.unpack()
+        obj = msgpack.unpackb(
+            body,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            object_pairs_hook=_str_keys,
+            max_str_len=limits.max_str_len,
+            max_bin_len=limits.max_bin_len,
+            max_array_len=limits.max_array_len,
+            max_map_len=limits.max_map_len,
+            max_ext_len=0,
+            ext_hook=_no_ext,
+        )
+    except msgpack.ExtraData as e:
+        raise ApiError("bad_body", f"msgpack body has {len(e.extra)} trailing bytes") from None
     except msgpack.OutOfData:
         raise ApiError("bad_body", "msgpack body is empty or truncated") from None
-    except Exception as e:  # FormatError, StackError, BufferFull, limits (ValueError), bad UTF-8
+    except ValueError as e:
+        if "incomplete input" in str(e):
+            raise ApiError("bad_body", "msgpack body is empty or truncated") from None
+        raise ApiError("bad_body", f"undecodable msgpack body: {type(e).__name__}: {e}") from None
+    except Exception as e:  # FormatError, StackError, limits, bad UTF-8
         why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         raise ApiError("bad_body", f"undecodable msgpack body: {why}") from None
-    if up.tell() != len(body):
-        raise ApiError("bad_body", f"msgpack body has {len(body) - up.tell()} trailing bytes")
     if isinstance(obj, msgpack.Timestamp):  # defensive: max_ext_len=0 already refuses it
         raise ApiError("bad_body", "msgpack ext types are not accepted")
     return obj
