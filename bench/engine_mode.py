@@ -208,7 +208,9 @@ def setup_zoo(workload: str, max_batch: int, *, cache_dir=None, compile_cache_di
         for bb in bbs:
             pick = rng.choice(pool, size=bb, replace=len(pool) < bb)
             reqs = [Request(model_name, tag, 0.0, math.inf, size=items[int(i)].size, payload=items[int(i)]) for i in pick]
-            res = min((ex.run(Batch(model_name, reqs, bb, sb, 0.0)) for _ in range(3)), key=lambda r: r.device_ms)
+            # the median of 3 runs (the fastest biased g low: the suite's calibration plot
+            # showed live batches ~5% slower than the predicted median)
+            res = sorted((ex.run(Batch(model_name, reqs, bb, sb, 0.0)) for _ in range(3)), key=lambda r: r.device_ms)[1]
             profile_g[(bb, sb)] = res.device_ms / max(float(np.max(res.solo_ms)), 1e-9)
     capacity = _engine_capacity(model_name, tag, ex, spec, items, rng)
     return ZooSetup(
