@@ -311,6 +311,23 @@ def run_zoo_policy(z: ZooSetup, arrivals: np.ndarray, idx: np.ndarray, slo_ms: f
     return row
 
 
+def repeated_finish_rates(z: ZooSetup, arrivals: np.ndarray, idx: np.ndarray, spec, policies, runs: int,
+                          log: Callable[[str], None] = print) -> dict[tuple[str, float], list[float]]:
+    """Each policy at each k of `spec`, `runs` times on the same trace: the live engine's
+    own run-to-run spread is the floor under any comparison with it."""
+    from .runner import _policy
+
+    out: dict[tuple[str, float], list[float]] = {}
+    for rep in range(runs):
+        for k in spec.slo_ks:
+            for pol in policies:
+                row = run_zoo_policy(z, arrivals, idx, k * z.p99_ms, lambda n=pol: _policy(n, spec, None))
+                out.setdefault((pol, float(k)), []).append(row["finish_rate"])
+                log(f"[engine] run {rep + 1}: {pol} k={k}: finish rate {row['finish_rate']:.3f} "
+                    f"(compiles while serving {row['compiles_while_serving']})")
+    return out
+
+
 def engine_trace_report(spec, workload, progress=None) -> dict:
     """--mode engine for a trace workload: the same rows as run_sim."""
     from orloj_jax.sim import SimConfig
