@@ -89,7 +89,36 @@ def add_model_facts(ex, model, prof: dict, n_inputs: int, seed: int = 0, log=pri
         log(f"[profile] running {n_inputs} of the workload's inputs alone (sizes, exits, solo times)")
         items = model.preprocess(_zoo_inputs(model.name, seed))
         facts["inputs"] = sample_inputs(ex, model, tag, items, n_inputs, seed)
+        log("[profile] full batches of real inputs, no early exit, per (batch, shape) bucket")
+        facts["full_batches"] = full_batches(ex, model, tag, items, facts["batch_buckets"], seed)
     return facts
+
+
+def full_batches(ex, model, tag: str, items, batch_buckets, seed: int = 0, reps: int = 3) -> list[dict]:
+    """Wall time of a full batch of real inputs run through every stage (no early exit),
+    median of `reps`, per (batch bucket, shape bucket): the stage tables above are timed
+    on synthetic activations, these anchor them to real ones (bench/profile_sim.py)."""
+    import math
+
+    import numpy as np
+
+    from orloj_jax.request import Request
+    from orloj_jax.scheduler import Batch
+
+    rng = np.random.default_rng([seed, 13])
+    shapes = np.array([model.shape_bucket_for(it.size) for it in items])
+    out = []
+    for sb in sorted(set(shapes.tolist())):
+        pool = np.flatnonzero(shapes == sb)
+        for bb in batch_buckets:
+            pick = rng.choice(pool, size=bb, replace=len(pool) < bb)
+            times = []
+            for _ in range(reps):
+                reqs = [Request(model.name, tag, 0.0, math.inf, size=items[int(i)].size,
+                                payload=(items[int(i)], {"early_exit": False})) for i in pick]
+                times.append(ex.run(Batch(model.name, reqs, int(bb), int(sb), 0.0)).device_ms)
+            out.append({"shape_bucket": int(sb), "batch_bucket": int(bb), "run_ms": round(float(np.median(times)), 4)})
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

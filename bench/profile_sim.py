@@ -12,9 +12,10 @@ a laptop.
 on the profile's numbers: a batch runs stage by stage at its batch bucket; members
 leave at their exit stage (answered then: ``finish_ms``); the survivors are compacted
 into the smallest batch bucket that holds them; each stage costs its profiled median
-plus an even share of the loop's host overhead (``run_ms - full_ms``), scaled per
-shape bucket so that the sampled real inputs' measured solo runs are matched (the
-stage tables are timed on synthetic activations). A member's solo time is what the
+plus an even share of the loop's host overhead (``run_ms - full_ms``), scaled so
+that measured runs of real inputs are matched (the stage tables are timed on synthetic
+activations): per (batch, shape) bucket by a full batch of real inputs when the
+profile has them (``full_batches``), else per shape by the sampled inputs' solo runs. A member's solo time is what the
 executor reports too: its batch-1 steps up to its exit.
 
 The workload is built exactly as ``--mode engine`` builds it from its own
@@ -91,10 +92,29 @@ class ProfiledDevice:
                    if (int(sb), bb) not in self.step]
         if missing:
             raise ProfileError(f"profile lacks (shape, batch) buckets {missing[:5]}")
-        self.calibration: dict[int, float] = {}
-        self._calibrate(profile.get("inputs") or [])
+        self.calibration: dict = {}
+        if profile.get("full_batches"):
+            self._calibrate_batches(profile["full_batches"])
+        else:
+            self._calibrate(profile.get("inputs") or [])
         self._solo = {sb: np.cumsum(self.step[(sb, 1)]) for sb in {k[0] for k in self.step}
                       if (sb, 1) in self.step}
+
+    def _calibrate_batches(self, rows: list[dict]) -> None:
+        """Scale each (shape, batch) bucket's steps to a measured full batch of real inputs.
+
+        The stage tables are timed on synthetic activations (``JaxExecutor.profile``);
+        ``orloj profile`` also times, per (batch, shape) bucket, a full batch of real
+        inputs run through every stage. Its wall time over the tables' full-depth time
+        rescales that bucket's steps; the factors are kept in `calibration`.
+        """
+        for r in rows:
+            key = (int(r["shape_bucket"]), int(r["batch_bucket"]))
+            base = self.step.get(key)
+            if base is not None and float(r["run_ms"]) > 0:
+                c = float(r["run_ms"]) / float(base.sum())
+                self.calibration[f"{key[0]}x{key[1]}"] = round(c, 4)
+                self.step[key] = base * c
 
     def _calibrate(self, inputs: list[dict]) -> None:
         """Scale each shape bucket's step times to the real inputs' measured runs.

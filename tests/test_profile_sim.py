@@ -114,3 +114,15 @@ def test_profiled_device_is_calibrated_to_the_measured_inputs():
     assert dev.batch_times(16, 4, [2, 2])[0] == pytest.approx(1.2 * 3 * 2.6)
     assert dev.solo_ms(16, 0) == pytest.approx(1.2 * 1.1)
     assert dev.batch_times(32, 1, [2])[0] == pytest.approx(3 * 2.1)
+
+
+def test_full_batches_of_real_inputs_calibrate_each_bucket():
+    """A full batch of real inputs at (16, 4) measured at 2 x the tables' full depth
+    doubles that bucket's steps only; the others keep theirs."""
+    prof = make_profile()
+    prof["full_batches"] = [{"shape_bucket": 16, "batch_bucket": 4, "run_ms": 2 * 3 * 2.6},
+                            {"shape_bucket": 16, "batch_bucket": 1, "run_ms": 3 * 1.1}]
+    dev = ProfiledDevice(prof)
+    assert dev.calibration == {"16x4": pytest.approx(2.0), "16x1": pytest.approx(1.0)}
+    assert dev.batch_times(16, 4, [2, 2, 2, 2])[0] == pytest.approx(2 * 3 * 2.6)
+    assert dev.batch_times(16, 2, [2, 2])[0] == pytest.approx(3 * 1.6)
