@@ -126,3 +126,18 @@ def test_full_batches_of_real_inputs_calibrate_each_bucket():
     assert dev.calibration == {"16x4": pytest.approx(2.0), "16x1": pytest.approx(1.0)}
     assert dev.batch_times(16, 4, [2, 2, 2, 2])[0] == pytest.approx(2 * 3 * 2.6)
     assert dev.batch_times(16, 2, [2, 2])[0] == pytest.approx(3 * 1.6)
+
+
+def test_the_committed_cpu_profile_drives_a_simulation():
+    """bench/profiles/minilm-cpu.json (measured by bench.sim_vs_engine) loads, is
+    calibrated by its full batches of real inputs, and simulates minilm-text."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "profiles" / "minilm-cpu.json"
+    prof = load_profile(path)
+    assert prof["model"] == "minilm" and len(prof["inputs"]) == 300 and prof["full_batches"]
+    spec = BenchSpec(policies=["orloj", "static"], slo_ks=[1.5], n_requests=300, max_batch=8)
+    rep = profile_report(spec, prof, log=lambda m: None)
+    assert set(rep["profile"]["calibration"]) == {f"{r['shape_bucket']}x{r['batch_bucket']}" for r in prof["full_batches"]}
+    rates = {r["policy"]: r["finish_rate"] for r in rep["results"]}
+    assert rates["orloj"] > rates["static"]  # padding to the longest text: measured 0.84 vs 0.19 at this load
