@@ -123,21 +123,26 @@ def _report(spec, workload: str, t0: float, results: list[dict], mode: str = "en
 
 
 # -- trace workloads ------------------------------------------------------
+def replay_trace(eng, trace, model: str = "model") -> list[Request]:
+    """Replay a trace workload in real time against a started engine (or MultiEngine),
+    each request with its tag, SLO and true time; shut the engine down; the requests."""
+    tags = trace.tags
+
+    def build(i: int, now: float) -> Request:
+        return Request(model, tags[int(trace.tag_idx[i])], now, now + float(trace.slo_ms[i]), true_ms=float(trace.exec_ms[i]))
+
+    try:
+        return replay(eng, trace.arrivals_ms, build)
+    finally:
+        eng.shutdown(timeout=30)
+
+
 def run_trace_policy(trace, make: Callable[[], Policy], max_batch: int) -> dict:
     spec = ModelSpec("model", tuple(range(1, max_batch + 1)))
     lat = LatencyModel()
     seed_latency(lat, trace, spec, EmulatedDevice(trace.curve.g))
     ex = BatchLog(EmulatedExecutor(trace.curve.g))
-    eng = Engine(Scheduler(make(), [spec], lat), ex).start()
-    tags = trace.tags
-
-    def build(i: int, now: float) -> Request:
-        return Request("model", tags[int(trace.tag_idx[i])], now, now + float(trace.slo_ms[i]), true_ms=float(trace.exec_ms[i]))
-
-    try:
-        reqs = replay(eng, trace.arrivals_ms, build)
-    finally:
-        eng.shutdown(timeout=30)
+    reqs = replay_trace(Engine(Scheduler(make(), [spec], lat), ex).start(), trace)
     row = _summary(reqs, ex.sizes)
     row.update(compiles_while_serving=0, warm_shapes=[list(s) for s in lat.warm_shapes()])
     return row

@@ -39,11 +39,10 @@ from orloj_jax.executor import EmulatedExecutor  # noqa: E402
 from orloj_jax.latency import LatencyModel  # noqa: E402
 from orloj_jax.multi import MultiEngine  # noqa: E402
 from orloj_jax.policies import make_policy  # noqa: E402
-from orloj_jax.request import Request  # noqa: E402
 from orloj_jax.scheduler import ModelSpec, Scheduler  # noqa: E402
 from orloj_jax.sim import EmulatedDevice, seed_latency  # noqa: E402
 
-from .engine_mode import BatchLog, _summary, replay  # noqa: E402
+from .engine_mode import BatchLog, _summary, replay_trace  # noqa: E402
 from .workloads import get_workload  # noqa: E402
 
 DISPATCHERS = ("deadline", "jsq", "round-robin")
@@ -70,15 +69,7 @@ def live_run(trace, n_devices: int, dispatcher: str | None, policy: str = "orloj
             raise RuntimeError(f"{n_devices} devices wanted, JAX sees {len(devs)} (set XLA_FLAGS before importing jax)")
         pairs = [_device(trace, spec, policy) for _ in devs[:n_devices]]
         eng, logs = MultiEngine(pairs, dispatcher).start(), [ex for _, ex in pairs]
-    tags = trace.tags
-
-    def build(i: int, now: float) -> Request:
-        return Request("model", tags[int(trace.tag_idx[i])], now, now + float(trace.slo_ms[i]), true_ms=float(trace.exec_ms[i]))
-
-    try:
-        reqs = replay(eng, trace.arrivals_ms, build)
-    finally:
-        eng.shutdown(timeout=30)
+    reqs = replay_trace(eng, trace)
     row = _summary(reqs, [s for log in logs for s in log.sizes])
     if dispatcher is not None:
         row["per_device_requests"] = list(eng.dispatched)

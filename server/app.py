@@ -74,6 +74,7 @@ from .validate import (  # noqa: F401 - re-exported: the specs are part of the a
     _is_number,
     _short,
     _tname,
+    check_item_sizes,
     parse_infer,
 )
 
@@ -485,13 +486,7 @@ async def _infer(request: Request, state: AppState, backend: Backend, engine: En
             items = served.model.preprocess(call.inputs)
     except (ValueError, TypeError) as e:
         raise ApiError("invalid_value", f"'inputs' could not be preprocessed: {e}", field="inputs") from None
-    spec = backend.scheduler.models[name]
-    for i, it in enumerate(items):
-        try:
-            spec.shape_bucket(int(it.size))
-        except ValueError:
-            raise ApiError("input_too_large", f"'inputs[{i}]' has size {it.size}; the largest shape bucket "
-                           f"of {name!r} is {spec.shape_buckets[-1]}", field=f"inputs[{i}]") from None
+    check_item_sizes(items, backend.scheduler.models[name], name)
     tags = state.tags.setdefault(name, set())
     if call.tag not in tags:
         if len(tags) >= state.config.max_tags_per_model:

@@ -66,7 +66,7 @@ from .app import SUCCESS, Backend, ServerConfig, _fmt, _outcome_error, _read_bod
 from .codec import CONTENT_TYPES, array_to_wire, decode_body, encode_body, media_format, to_wire
 from .errors import ApiError
 from .security import OPEN_PATHS, BearerAuth
-from .validate import NO_EXIT_SUFFIX, _short, parse_infer
+from .validate import NO_EXIT_SUFFIX, _short, check_item_sizes, parse_infer
 
 log = logging.getLogger("orloj.ray")
 
@@ -148,13 +148,7 @@ class ReplicaCore:
                 items = served.model.preprocess(inputs)
         except (ValueError, TypeError) as e:
             raise ApiError("invalid_value", f"'inputs' could not be preprocessed: {e}", field="inputs") from None
-        spec = self.backend.scheduler.models[name]
-        for i, it in enumerate(items):
-            try:
-                spec.shape_bucket(int(it.size))
-            except ValueError:
-                raise ApiError("input_too_large", f"'inputs[{i}]' has size {it.size}; the largest shape bucket "
-                               f"of {name!r} is {spec.shape_buckets[-1]}", field=f"inputs[{i}]") from None
+        check_item_sizes(items, self.backend.scheduler.models[name], name)
         tags = self.tags.setdefault(name, set())
         if tag not in tags:
             if len(tags) >= self.config.max_tags_per_model:

@@ -266,3 +266,13 @@ def _check_array(v: Any, where: str, spec: ArrayInput) -> np.ndarray:
         raise ApiError("invalid_value", f"'{where}.data' holds values outside the float32 range",
                        field=f"{where}.data")
     return arr.reshape(spec.canonical)
+
+
+def check_item_sizes(items, spec, name: str) -> None:
+    """Every preprocessed item fits one of the model's shape buckets (else 422 input_too_large)."""
+    for i, it in enumerate(items):
+        try:
+            spec.shape_bucket(int(it.size))
+        except ValueError:
+            raise ApiError("input_too_large", f"'inputs[{i}]' has size {it.size}; the largest shape bucket "
+                           f"of {name!r} is {spec.shape_buckets[-1]}", field=f"inputs[{i}]") from None
