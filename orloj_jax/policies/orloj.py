@@ -89,6 +89,7 @@ class _Group:
     last_p: tuple = ()
     best_p: np.ndarray | None = None
     _logfex: np.ndarray | None = None
+    has_comp: bool | None = None  # comp.any(), computed once per decision
 
     def log_cdf_at_members(self) -> np.ndarray:
         """log F_c'(u) at every member's on-time limit u = (slack - compile_B) / g_B, exactly.
@@ -119,7 +120,7 @@ class _Group:
             head = lst[:j]
             lens[row] = len(head)
             slack[row, : len(head)] = [r.deadline_ms - self.now for r in head]
-        return _Group(self.model, self.shape, lists, self.logF[keep], self.du, slack, lens, self.buckets, self.comp, self.gb, self.now, dists=[self.dists[c] for c in keep], cids=tuple(self.cids[c] for c in keep))
+        return _Group(self.model, self.shape, lists, self.logF[keep], self.du, slack, lens, self.buckets, self.comp, self.gb, self.now, dists=[self.dists[c] for c in keep], cids=tuple(self.cids[c] for c in keep), has_comp=self.has_comp)
 
     def expected_max(self, counts: np.ndarray) -> np.ndarray:
         """E[max member solo time] of count vectors [V, C]: the integral of 1 - prod_c F_c^n_c."""
@@ -133,7 +134,9 @@ class _Group:
         b = counts.sum(1)
         if emax is None:
             emax = self.expected_max(counts)
-        if not self.comp.any():
+        if self.has_comp is None:
+            self.has_comp = bool(self.comp.any())
+        if not self.has_comp:
             bi = np.searchsorted(self.buckets, b)  # all warm: the smallest bucket that fits
             t = self.gb[bi] * emax
         else:
@@ -171,6 +174,7 @@ class Orloj(Policy):
         self._emax_cache: dict[tuple, np.ndarray] = {}
         self._qthr_cache: dict[int, tuple[int, float]] = {}
         self._buckets: dict[tuple, np.ndarray] = {}
+        self._gb_cache: dict[tuple, tuple] = {}
 
 
     def select(self, queue, now: float) -> Decision:
@@ -225,21 +229,27 @@ class Orloj(Policy):
         if buckets is None:
             buckets = self._buckets[btuple] = np.asarray(btuple)
         jmax = spec.max_batch
-        gb = lat.g_vec(model, jmax, shape)[buckets]
+        vec = lat.g_vec(model, jmax, shape)
+        hit = self._gb_cache.get((model, shape, btuple))
+        if hit is None or hit[0] is not vec:  # g(b) was refreshed: index it again
+            gb = vec[buckets]
+            hit = self._gb_cache[(model, shape, btuple)] = (vec, gb, float(gb.min()))
+        gb, gmin = hit[1], hit[2]
         comp = lat.avoidable_compile_costs(model, btuple, shape)
         du, logF = lat.table(model, cids, float32=True)
         # Per class, the slack below which even a lone run has P(on time) < threshold,
         # exactly: F(u) >= thr iff u >= the thr-quantile of the class's samples.
-        qthr = np.array([self._threshold_quantile(c) for c in cids])
-        if comp.any():
-            smin = (comp[None, :] + gb[None, :] * qthr[:, None]).min(1)
+        has_comp = bool(comp.any())
+        if has_comp:
+            qthr = np.array([self._threshold_quantile(c) for c in cids])
+            smin = (comp[None, :] + gb[None, :] * qthr[:, None]).min(1).tolist()
         else:  # all warm: g > 0 and q >= 0, so the cheapest lone run is at min g
-            smin = gb.min() * qthr
+            smin = [gmin * self._threshold_quantile(c) for c in cids]
         classes = queue.classes(model)
         keep, lists, cold_head = [], [], None
         for i, cid in enumerate(cids):
             lst = classes[cid]
-            ndrop = _count_below(lst, now + float(smin[i]))
+            ndrop = _count_below(lst, now + smin[i])
             if ndrop:
                 drops.extend((r, Outcome.DROPPED, "deadline_unmeetable") for r in lst[:ndrop])
             # A window is enough: a batch takes <= jmax per class, after <= 2 skip rounds.
@@ -264,7 +274,7 @@ class Orloj(Policy):
             slack[row, : len(head)] = [r.deadline_ms - now for r in head]
         dists = [lat.dists[cids[i]] for i in keep]
         kept = tuple(cids[i] for i in keep)
-        return _Group(model, shape, lists, logF[keep], du, slack, lens, buckets, comp, gb, now, dists=dists, cids=kept), None
+        return _Group(model, shape, lists, logF[keep], du, slack, lens, buckets, comp, gb, now, dists=dists, cids=kept, has_comp=has_comp), None
 
     def _skip_riders(self, grp: _Group, found):
         """Don't let members with P(on time in this batch) < drop_threshold ride along.
