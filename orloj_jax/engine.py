@@ -67,6 +67,9 @@ class Engine:
         self._idle = False  # the device thread sleeps (or is about to): submit must wake it
         self._inbox: deque[tuple[Request, Sink]] = deque()
         self._pending: dict[int, tuple[Request, Sink]] = {}  # every request in the scheduler
+        # ids submitted and not answered yet: a second submit of the same request is refused
+        # at once (the device thread would otherwise meet it in Scheduler.add and crash)
+        self._submitted: set[int] = set()
         self._closing = False
         self._dead: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -150,10 +153,11 @@ class Engine:
             raise self._closed_error()
         if req.model not in self.scheduler.models:
             raise ValueError(f"unknown model {req.model!r}; served: {sorted(self.scheduler.models)}")
-        if req.status is not Status.QUEUED or req.outcome is not None:
+        if req.status is not Status.QUEUED or req.outcome is not None or req.id in self._submitted:
             raise ValueError(f"request {req.id} was already scheduled (status {req.status.name})")
+        self._submitted.add(req.id)
         sink: Sink = Future() if callback is None else callback
-        if len(self.scheduler.queue) + len(self._inbox) >= self.scheduler.config.max_queue:
+        if self.queue_depth() >= self.scheduler.config.max_queue:
             req.finish(Outcome.REJECTED, self.clock(), "queue_full")  # refused at once, before queueing
             self.scheduler.stats["rejected"] += 1
             self._deliver(req, sink)
@@ -169,6 +173,7 @@ class Engine:
                 except ValueError:
                     pass  # the device thread took it: it will be answered
                 else:
+                    self._submitted.discard(req.id)
                     raise self._closed_error() from None
         return None if callback is not None else sink
 
@@ -225,6 +230,7 @@ class Engine:
             self._pending[req.id] = (req, sink)
         err = RuntimeError(reason)
         pending, self._pending = self._pending, {}
+        self._submitted.clear()
         for req, sink in pending.values():
             if isinstance(sink, Future):
                 if not sink.done():
@@ -313,8 +319,8 @@ class Engine:
                 error=f"{type(e).__name__}: {e}",
             )
 
-    @staticmethod
-    def _deliver(req: Request, sink: Sink) -> None:
+    def _deliver(self, req: Request, sink: Sink) -> None:
+        self._submitted.discard(req.id)
         if isinstance(sink, Future):
             if not sink.done():
                 sink.set_result(req)

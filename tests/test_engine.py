@@ -128,6 +128,21 @@ def test_shutdown_without_drain_cancels_queued():
     assert [f.result(timeout=1).outcome for f in futs] == [Outcome.CANCELLED] * 3
 
 
+def test_submitting_the_same_request_twice_is_refused_at_once():
+    """The second submit raises in the caller (not later in the device thread, where
+    Scheduler.add would refuse it and kill the loop); once answered, the request's id
+    is free again."""
+    eng, _ = make_engine()
+    r = req(10, 100)
+    fut = eng.submit(r)
+    with pytest.raises(ValueError, match="already scheduled"):
+        eng.submit(r)
+    with eng:
+        assert fut.result(timeout=5).outcome is Outcome.ON_TIME
+        assert eng.alive
+    assert not eng._submitted
+
+
 def test_cancel_queued_request():
     eng, _ = make_engine()
     r1, r2 = req(10, 100), req(10, 100)
