@@ -590,6 +590,21 @@ def _http_get(url: str, path: str, timeout: float = 10.0) -> tuple[int, Any]:
         return r.status_code, r.text
 
 
+def stop_server(proc, grace_s: float = 15.0) -> None:
+    """SIGTERM a server subprocess (its own pid only); SIGKILL it after `grace_s`."""
+    import signal
+    import subprocess
+
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def wait_ready(url: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     last: Any = None

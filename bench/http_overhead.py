@@ -38,7 +38,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,15 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .http_mode import _closed_loop, _infer_head, _request_bytes, _run, _sequential, wait_ready
+from .http_mode import (
+    _closed_loop,
+    _infer_head,
+    _request_bytes,
+    _run,
+    _sequential,
+    stop_server,
+    wait_ready,
+)
 
 SLO_MS = 1000.0
 IMG_MODEL = "img"  # server.testing.IMG
@@ -135,13 +142,7 @@ def server_process(kind: str, policy: str = "orloj", start_timeout_s: float = 60
         wait_ready(url, start_timeout_s)
         yield url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_server(proc, 15)
         if proc.stdout:
             proc.stdout.close()
 

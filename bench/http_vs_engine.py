@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,8 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from .cli import _floats
 from .engine_mode import repeated_finish_rates, setup_zoo, zoo_trace
-from .http_mode import run_http, wait_ready
+from .http_mode import run_http, stop_server, wait_ready
 from .profile import add_model_facts
 from .runner import BenchSpec
 
@@ -57,16 +57,7 @@ def serve(model: str, policy: str, max_batch: int, profile: Path | None = None, 
         wait_ready(url, ready_s)
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def _floats(s: str) -> list[float]:
-    return [float(x) for x in s.split(",") if x.strip()]
+        stop_server(proc, 60)
 
 
 def main(argv: list[str] | None = None) -> int:

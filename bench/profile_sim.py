@@ -236,12 +236,17 @@ class ProfiledWorkload:
         idx = np.random.default_rng([seed, 1]).integers(0, len(self.sizes), size=n)
         return arr, idx
 
-    def latency_model(self) -> LatencyModel:
-        lat = LatencyModel()
+    def seed(self, lat: LatencyModel, tag: str | None = None) -> None:
+        """Give `lat` this profile as offline knowledge: per shape bucket the sampled
+        inputs' solo times (class (model, tag, shape)), and g(b) per (batch, shape)."""
         for sb in np.unique(self.shapes):
-            lat.seed(self.model, self.tag, self.solo[self.shapes == sb], shape_bucket=int(sb))
+            lat.seed(self.model, tag or self.tag, self.solo[self.shapes == sb], shape_bucket=int(sb))
         for (bb, sb), ratio in self.profile_g.items():
             lat.seed_scaling(self.model, {bb: ratio}, shape_bucket=sb)
+
+    def latency_model(self) -> LatencyModel:
+        lat = LatencyModel()
+        self.seed(lat)
         lat.mark_all_warm(self.model)  # the engine warms every shape before serving
         return lat
 
@@ -278,10 +283,7 @@ def seed_latency_from_profile(latency: LatencyModel, profile: dict[str, Any], ta
     on the profiled device: what `--mode engine` gives its engine as offline profile.
     Returns a summary (samples per shape, calibration) for the log."""
     w = ProfiledWorkload(profile, max_batch)
-    for sb in np.unique(w.shapes):
-        latency.seed(w.model, tag, w.solo[w.shapes == sb], shape_bucket=int(sb))
-    for (bb, sb), ratio in w.profile_g.items():
-        latency.seed_scaling(w.model, {bb: ratio}, shape_bucket=sb)
+    w.seed(latency, tag)
     return {"model": w.model, "samples": {int(sb): int((w.shapes == sb).sum()) for sb in np.unique(w.shapes)},
             "calibration": w.device.calibration}
 

@@ -28,14 +28,11 @@ import numpy as np
 from orloj_jax.request import Request
 from orloj_jax.scheduler import Batch
 
+from .cli import _floats
 from .engine_mode import repeated_finish_rates, setup_zoo, zoo_latency, zoo_trace
 from .profile import add_model_facts
 from .profile_sim import ProfiledWorkload, profile_report
 from .runner import BenchSpec, _policy
-
-
-def _floats(s: str) -> list[float]:
-    return [float(x) for x in s.split(",") if x.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -163,16 +163,7 @@ def cell_key(spec: SuiteSpec, workload: str, k: float, load: float, arrival: str
 
 
 def tune_key(spec: SuiteSpec, workload: str, k: float, load: float, arrival: str) -> dict:
-    return {
-        "version": SUITE_VERSION,
-        "workload": workload,
-        "slo_k": float(k),
-        "load": float(load),
-        "arrival": arrival,
-        "seed": TUNE_SEED,
-        "n_requests": spec.tune_requests,
-        "max_batch": spec.max_batch,
-    }
+    return {**cell_key(spec, workload, k, load, arrival, TUNE_SEED), "n_requests": spec.tune_requests}
 
 
 def cell_path(out: Path, workload: str, k: float, load: float, arrival: str, seed: int) -> Path:

@@ -71,25 +71,38 @@ class _HistChild:
         self.sum += v
 
 
-class LiteHistogram:
-    """A labelled histogram for one writer thread: ``h[(model,)].observe(seconds)``."""
+class _LiteFamily:
+    """Labelled children created on first use, exposed through a registry collector."""
 
-    def __init__(self, name: str, doc: str, labelnames: list[str], buckets: Iterable[float], registry):
-        self.children: dict[tuple[str, ...], _HistChild] = {}
+    def __init__(self, name: str, doc: str, labelnames: list[str], registry):
+        self.children: dict[tuple[str, ...], Any] = {}
         self.name, self.doc, self.labelnames = name, doc, list(labelnames)
-        self.bounds = [float(b) for b in buckets]
-        if self.bounds[-1] != math.inf:
-            self.bounds.append(math.inf)
         registry.register(self)
 
-    def __getitem__(self, key: tuple[str, ...]) -> _HistChild:
+    def _new_child(self) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, key: tuple[str, ...]) -> Any:
         child = self.children.get(key)
         if child is None:
-            child = self.children[key] = _HistChild(self.bounds)
+            child = self.children[key] = self._new_child()
         return child
 
     def describe(self) -> Iterable[Any]:
         return []
+
+
+class LiteHistogram(_LiteFamily):
+    """A labelled histogram for one writer thread: ``h[(model,)].observe(seconds)``."""
+
+    def __init__(self, name: str, doc: str, labelnames: list[str], buckets: Iterable[float], registry):
+        self.bounds = [float(b) for b in buckets]
+        if self.bounds[-1] != math.inf:
+            self.bounds.append(math.inf)
+        super().__init__(name, doc, labelnames, registry)
+
+    def _new_child(self) -> _HistChild:
+        return _HistChild(self.bounds)
 
     def collect(self) -> Iterable[Any]:
         fam = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
@@ -112,22 +125,11 @@ class _CountChild:
         self.value += n
 
 
-class LiteCounter:
+class LiteCounter(_LiteFamily):
     """A labelled counter for one writer thread: ``c[(model, "ok")].inc()``."""
 
-    def __init__(self, name: str, doc: str, labelnames: list[str], registry):
-        self.children: dict[tuple[str, ...], _CountChild] = {}
-        self.name, self.doc, self.labelnames = name, doc, list(labelnames)
-        registry.register(self)
-
-    def __getitem__(self, key: tuple[str, ...]) -> _CountChild:
-        child = self.children.get(key)
-        if child is None:
-            child = self.children[key] = _CountChild()
-        return child
-
-    def describe(self) -> Iterable[Any]:
-        return []
+    def _new_child(self) -> _CountChild:
+        return _CountChild()
 
     def collect(self) -> Iterable[Any]:
         fam = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
