@@ -176,14 +176,15 @@ def _zoo_inputs(name: str, seed: int) -> list:
     return list(xte)
 
 
-def setup_zoo(workload: str, max_batch: int, *, cache_dir=None, compile_cache_dir=None, profile_n: int = 300, seed: int = 0, progress=print) -> ZooSetup:
+def setup_zoo(workload: str, max_batch: int, *, cache_dir=None, compile_cache_dir=None, profile_n: int = 300, seed: int = 0,
+              progress=print, compact: bool | None = None) -> ZooSetup:
     from models import load_model
     from orloj_jax.jax_executor import JaxExecutor
 
     model_name, tag = ZOO_WORKLOADS[workload]
     bbs = tuple(b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch)
     model = load_model(model_name, cache_dir=cache_dir, batch_buckets=bbs)
-    ex = JaxExecutor({model_name: model}, compile_cache_dir=compile_cache_dir)
+    ex = JaxExecutor({model_name: model}, compile_cache_dir=compile_cache_dir, compact=compact)
     t0 = time.perf_counter()
     progress(f"[engine] warming {model_name}: {len(bbs)} batch x {len(model.shape_buckets)} shape buckets")
     ex.warm_all(model_name)

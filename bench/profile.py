@@ -90,14 +90,22 @@ def add_model_facts(ex, model, prof: dict, n_inputs: int, seed: int = 0, log=pri
         items = model.preprocess(_zoo_inputs(model.name, seed))
         facts["inputs"] = sample_inputs(ex, model, tag, items, n_inputs, seed)
         log("[profile] full batches of real inputs, no early exit, per (batch, shape) bucket")
-        facts["full_batches"] = full_batches(ex, model, tag, items, facts["batch_buckets"], seed)
+        facts["full_batches"] = real_batches(ex, model, tag, items, facts["batch_buckets"], seed)
+        log("[profile] batches of real inputs as served (early exit, compaction), per (batch, shape) bucket")
+        facts["exit_batches"] = real_batches(ex, model, tag, items, facts["batch_buckets"], seed, early_exit=True)
+    facts["compact"] = bool(getattr(ex, "compact", True))
     return facts
 
 
-def full_batches(ex, model, tag: str, items, batch_buckets, seed: int = 0, reps: int = 3) -> list[dict]:
-    """Wall time of a full batch of real inputs run through every stage (no early exit),
-    median of `reps`, per (batch bucket, shape bucket): the stage tables above are timed
-    on synthetic activations, these anchor them to real ones (bench/profile_sim.py)."""
+def real_batches(ex, model, tag: str, items, batch_buckets, seed: int = 0, reps: int = 3,
+                 early_exit: bool = False) -> list[dict]:
+    """Wall time of a batch of real inputs, median of `reps`, per (batch bucket, shape bucket).
+
+    Without early exit every member runs every stage: the stage tables above are timed on
+    synthetic activations, these anchor them to real ones. With early exit the batch runs
+    as it is served (exit decisions, early answers, compaction into smaller buckets) and
+    each member's exit stage is recorded, so that a simulator can compare its prediction
+    for the very same members (bench/profile_sim.py)."""
     import math
 
     import numpy as np
@@ -112,12 +120,17 @@ def full_batches(ex, model, tag: str, items, batch_buckets, seed: int = 0, reps:
         pool = np.flatnonzero(shapes == sb)
         for bb in batch_buckets:
             pick = rng.choice(pool, size=bb, replace=len(pool) < bb)
-            times = []
+            times, exits = [], None
             for _ in range(reps):
                 reqs = [Request(model.name, tag, 0.0, math.inf, size=items[int(i)].size,
-                                payload=(items[int(i)], {"early_exit": False})) for i in pick]
-                times.append(ex.run(Batch(model.name, reqs, int(bb), int(sb), 0.0)).device_ms)
-            out.append({"shape_bucket": int(sb), "batch_bucket": int(bb), "run_ms": round(float(np.median(times)), 4)})
+                                payload=(items[int(i)], {"early_exit": early_exit})) for i in pick]
+                res = ex.run(Batch(model.name, reqs, int(bb), int(sb), 0.0))
+                times.append(res.device_ms)
+                exits = res.exit_index
+            row = {"shape_bucket": int(sb), "batch_bucket": int(bb), "run_ms": round(float(np.median(times)), 4)}
+            if early_exit:
+                row["exits"] = [int(e) for e in exits]
+            out.append(row)
     return out
 
 

@@ -92,6 +92,9 @@ class ProfiledDevice:
                    if (int(sb), bb) not in self.step]
         if missing:
             raise ProfileError(f"profile lacks (shape, batch) buckets {missing[:5]}")
+        #: whether the profiled executor compacted a batch into a smaller bucket when
+        #: members exited (JaxExecutor(compact=...)); profiles before this field did
+        self.compact = bool(profile.get("compact", True))
         self.calibration: dict = {}
         if profile.get("full_batches"):
             self._calibrate_batches(profile["full_batches"])
@@ -99,6 +102,10 @@ class ProfiledDevice:
             self._calibrate(profile.get("inputs") or [])
         self._solo = {sb: np.cumsum(self.step[(sb, 1)]) for sb in {k[0] for k in self.step}
                       if (sb, 1) in self.step}
+        #: (sb, bb) -> measured / modelled time of a batch served with early exit
+        self.serving_scale: dict[tuple[int, int], float] = {}
+        if profile.get("exit_batches"):
+            self._calibrate_serving(profile["exit_batches"])
 
     def _calibrate_batches(self, rows: list[dict]) -> None:
         """Scale each (shape, batch) bucket's steps to a measured full batch of real inputs.
@@ -115,6 +122,25 @@ class ProfiledDevice:
                 c = float(r["run_ms"]) / float(base.sum())
                 self.calibration[f"{key[0]}x{key[1]}"] = round(c, 4)
                 self.step[key] = base * c
+
+    def _calibrate_serving(self, rows: list[dict]) -> None:
+        """Scale batches to what serving them measured: exits, early answers, compaction.
+
+        The tables time each stage alone; a served batch also decides exits, answers the
+        members that leave and, with compaction, moves the survivors into a smaller bucket
+        (on a GPU a device-to-host-to-device copy, which the tables never see). ``orloj
+        profile`` runs, per (batch, shape) bucket, one batch of real inputs with early exit
+        and records its time and its members' exit stages; the measured time over this
+        device's prediction for the same members scales every batch that starts in that
+        bucket (`serving_scale`, also in `calibration` as ``serve:SBxBB``)."""
+        for r in rows:
+            key = (int(r["shape_bucket"]), int(r["batch_bucket"]))
+            if key not in self.step or not r.get("exits") or float(r["run_ms"]) <= 0:
+                continue
+            t, _ = self._batch_times(key[0], key[1], r["exits"])
+            c = float(r["run_ms"]) / t
+            self.serving_scale[key] = c
+            self.calibration[f"serve:{key[0]}x{key[1]}"] = round(c, 4)
 
     def _calibrate(self, inputs: list[dict]) -> None:
         """Scale each shape bucket's step times to the real inputs' measured runs.
@@ -152,6 +178,11 @@ class ProfiledDevice:
 
     def batch_times(self, shape_bucket: int, batch_bucket: int, exits: Sequence[int]) -> tuple[float, np.ndarray]:
         """(device ms, each member's finish offset in ms) of one batch."""
+        t, finish = self._batch_times(shape_bucket, batch_bucket, exits)
+        c = self.serving_scale.get((int(shape_bucket), int(batch_bucket)), 1.0)
+        return t * c, finish * c
+
+    def _batch_times(self, shape_bucket: int, batch_bucket: int, exits: Sequence[int]) -> tuple[float, np.ndarray]:
         exits = np.asarray(exits, dtype=np.int64)
         finish = np.zeros(len(exits))
         alive = np.ones(len(exits), dtype=bool)
@@ -164,7 +195,7 @@ class ProfiledDevice:
             n = int(alive.sum())
             if n == 0:
                 break
-            if leaving.any():
+            if leaving.any() and self.compact:
                 cur = min(cur, self._compact_to(n))
         return t, finish
 

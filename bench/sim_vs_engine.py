@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arrival", choices=["bursty", "poisson"], default="bursty")
     p.add_argument("--reps", type=int, default=10, help="profile repetitions per (batch, shape) bucket")
     p.add_argument("--engine-runs", type=int, default=2, help="live runs of each (policy, k) on the same trace")
+    p.add_argument("--no-compact", action="store_true",
+                   help="the executor keeps a batch in its bucket when members exit (default: compact on a CPU only)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--profile-out", type=Path, help="also write the measured profile here")
     p.add_argument("--json", type=Path, help="write the comparison here")
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                      load=a.load, n_requests=a.requests, seed=a.seed, max_batch=a.max_batch, arrival=a.arrival)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.perf_counter()
-    z = setup_zoo(a.workload, a.max_batch, cache_dir=a.cache_dir, seed=a.seed, progress=log)
+    z = setup_zoo(a.workload, a.max_batch, cache_dir=a.cache_dir, seed=a.seed, progress=log,
+                  compact=False if a.no_compact else None)
     log(f"[engine] solo p99 {z.p99_ms:.1f} ms, capacity {z.capacity_rps:.1f} req/s")
     name = z.spec.name
     log(f"[profile] {name}: {len(z.spec.batch_buckets)} batch x {len(z.spec.shape_buckets)} shape buckets, {a.reps} reps")
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                      "diff": round(abs(e - r["finish_rate"]), 4)})
     out = {
         "workload": a.workload, "load": a.load, "requests": a.requests, "seed": a.seed, "arrival": a.arrival,
+        "compact": z.executor.compact,
         "engine": {"solo_p99_ms": z.p99_ms, "capacity_rps": z.capacity_rps},
         "sim": sim["profile"], "rows": rows, "elapsed_s": round(time.perf_counter() - t0, 1),
     }

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# GPU checks for one device lease: profiles, simulation vs engine, engine overhead.
+#
+# Here:   .venv/bin/python -m bench.device_bundle        # builds .device/ (fp16 MiniLM, digits)
+# There:  bash bench/h200.sh                             # device tool: carry [".device"]
+#
+# Every step is bounded so that the whole script ends inside BUDGET_S seconds (default 500)
+# and writes what it has: $OUT/log.txt, the profiles (bench/profiles/*-h200.json once copied)
+# and the comparison JSONs. QUICK=1 shrinks every grid, for a dry run on a CPU. STEPS="a b"
+# runs only the named steps (versions and smoke always run), in this file's order.
+set -u
+PY=${PY:-python3}
+OUT=${OUT:-out/h200}
+BUDGET_S=${BUDGET_S:-500}
+mkdir -p "$OUT"
+ROOT=$(pwd)
+export PYTHONPATH="$ROOT/.device/py:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+export ORLOJ_CACHE_DIR=${ORLOJ_CACHE_DIR:-$ROOT/.device/models}
+XLA_DIR=${XLA_DIR:-/tmp/orloj-xla}
+# one persistent compilation cache for every step, sub-second compiles included
+export JAX_COMPILATION_CACHE_DIR=$XLA_DIR
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
+export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1
+LOG=$OUT/log.txt
+T0=$(date +%s)
+
+step() {  # step NAME CAP_S CMD...: run CMD for at most min(CAP_S, time left) seconds
+    local name=$1 cap=$2; shift 2
+    if [[ -n ${STEPS:-} && " $STEPS versions smoke " != *" $name "* ]]; then return 0; fi
+    local left=$((BUDGET_S - ($(date +%s) - T0)))
+    ((left < cap)) && cap=$left
+    if ((cap < 10)); then echo "== $name: skipped, ${left}s left" | tee -a "$LOG"; return 1; fi
+    echo "== $name (<= ${cap}s, t=$(($(date +%s) - T0))s): $*" | tee -a "$LOG"
+    local s=$(date +%s)
+    timeout "$cap" "$@" 2>&1 | tee -a "$LOG"
+    local rc=${PIPESTATUS[0]}
+    echo "== $name: rc=$rc in $(($(date +%s) - s))s" | tee -a "$LOG"
+    return "$rc"
+}
+
+if [[ ${QUICK:-0} == 1 ]]; then
+    PROF=(--batch 1,2 --lengths 16,32 --reps 2 --inputs 20)
+    SVE=(--requests 60 --reps 2 --engine-runs 1 --max-batch 2)
+    OVH=(--requests 40 --max-batch 2)
+else
+    PROF=(--reps 20 --inputs 300)
+    SVE=(--requests 2000 --reps 10 --engine-runs 2 --max-batch 8)
+    OVH=(--requests 2000 --max-batch 8)
+fi
+
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>/dev/null || echo "no nvidia-smi"
+  nproc; } 2>&1 | tee -a "$LOG"
+step versions 60 "$PY" -c "import sys, jax, flax, orbax.checkpoint as o, numpy; print(sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'numpy', numpy.__version__, jax.devices())" || exit 3
+step smoke 120 "$PY" -c "
+from models import load_model
+m = load_model('minilm')
+e = m.embed(['hello world', 'a somewhat longer sentence to embed'])
+print('minilm embed', e.shape, float(abs(e).sum()))
+" || exit 4
+step sim-vs-engine 150 "$PY" -m bench.sim_vs_engine --workload minilm-text "${SVE[@]}" --json "$OUT/sim_vs_engine-h200.json" \
+    --profile-out "$OUT/minilm-h200-b8.json"
+step sim-vs-engine-nocompact 150 "$PY" -m bench.sim_vs_engine --workload minilm-text "${SVE[@]}" --no-compact \
+    --json "$OUT/sim_vs_engine-nocompact-h200.json"
+step profile-minilm 300 "$PY" -m bench.profile --model minilm --out "$OUT/minilm-h200.json" "${PROF[@]}"
+step engine-overhead 90 "$PY" -m bench.engine_overhead --model minilm,digits-ee "${OVH[@]}"
+step profile-digits 60 "$PY" -m bench.profile --model digits-ee --out "$OUT/digits-ee-h200.json" "${PROF[@]}"
+# the same grid again, now from the persistent cache: compile_ms becomes the cache-load time
+step profile-minilm-cached 60 "$PY" -m bench.profile --model minilm --out "$OUT/minilm-h200-cached.json" \
+    --compile-cache-dir "$XLA_DIR" "${PROF[@]:0:${#PROF[@]}-2}" --reps 2 --inputs 0
+echo "== done in $(($(date +%s) - T0))s" | tee -a "$LOG"
