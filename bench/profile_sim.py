@@ -222,7 +222,9 @@ class ProfiledWorkload:
         bbs = tuple(b for b in self.device.batch_buckets if b <= max_batch)
         if not bbs or bbs[0] != 1:
             raise ProfileError(f"profile batch buckets {self.device.batch_buckets} must include 1 and fit --max-batch {max_batch}")
-        self.spec = ModelSpec(self.model, bbs, tuple(int(s) for s in profile["shape_buckets"]))
+        # members leave at their exit stage and are answered then (ProfiledDevice.run's finish_ms)
+        early = any(int(e) < self.device.num_stages - 1 for e in profile.get("exit_stages", ()))
+        self.spec = ModelSpec(self.model, bbs, tuple(int(s) for s in profile["shape_buckets"]), answers_at_exit=early)
         self.sizes = np.array([int(x["size"]) for x in profile["inputs"]])
         self.shapes = np.array([int(x["shape_bucket"]) for x in profile["inputs"]])
         self.exits = np.array([int(x["exit"]) for x in profile["inputs"]])

@@ -195,8 +195,10 @@ def split_payload(payload: Any) -> tuple[Item, dict[str, Any]]:
 
 
 def model_spec(model: StagedModel, name: str | None = None) -> ModelSpec:
-    """The scheduler's view of a served model: its batch and shape buckets."""
-    return ModelSpec(name or model.name, tuple(model.batch_buckets), tuple(model.shape_buckets))
+    """The scheduler's view of a served model: its batch and shape buckets, and whether
+    members are answered at an exit before the last stage (the engine's `answer_early`)."""
+    early = any(i < model.num_stages - 1 for i in model.exit_stages)
+    return ModelSpec(name or model.name, tuple(model.batch_buckets), tuple(model.shape_buckets), answers_at_exit=early)
 
 
 def machine_info() -> dict[str, Any]:

@@ -39,6 +39,12 @@ class ModelSpec:
     name: str
     batch_buckets: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
     shape_buckets: tuple[int, ...] = (0,)
+    #: Members leave the batch at their own (early) exit and are answered then
+    #: (`BatchResult.finish_ms`, `Scheduler.finish_early`), as `JaxExecutor` does
+    #: for an early-exit model. A member's completion is then about g(B) x its own
+    #: solo time, not the batch's time (g(B) x the slowest member), which still
+    #: decides how long the device is busy.
+    answers_at_exit: bool = False
 
     def __post_init__(self) -> None:
         if not self.name:

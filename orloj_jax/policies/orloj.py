@@ -90,6 +90,7 @@ class _Group:
     best_p: np.ndarray | None = None
     _logfex: np.ndarray | None = None
     has_comp: bool | None = None  # comp.any(), computed once per decision
+    own: bool = False  # members are answered at their own exit (ModelSpec.answers_at_exit)
 
     def log_cdf_at_members(self) -> np.ndarray:
         """log F_c'(u) at every member's on-time limit u = (slack - compile_B) / g_B, exactly.
@@ -120,7 +121,7 @@ class _Group:
             head = lst[:j]
             lens[row] = len(head)
             slack[row, : len(head)] = [r.deadline_ms - self.now for r in head]
-        return _Group(self.model, self.shape, lists, self.logF[keep], self.du, slack, lens, self.buckets, self.comp, self.gb, self.now, dists=[self.dists[c] for c in keep], cids=tuple(self.cids[c] for c in keep), has_comp=self.has_comp)
+        return _Group(self.model, self.shape, lists, self.logF[keep], self.du, slack, lens, self.buckets, self.comp, self.gb, self.now, dists=[self.dists[c] for c in keep], cids=tuple(self.cids[c] for c in keep), has_comp=self.has_comp, own=self.own)
 
     def expected_max(self, counts: np.ndarray) -> np.ndarray:
         """E[max member solo time] of count vectors [V, C]: the integral of 1 - prod_c F_c^n_c."""
@@ -144,8 +145,18 @@ class _Group:
             t_opt[self.buckets[None, :] < b[:, None]] = np.inf
             bi = t_opt.argmin(1)
             t = t_opt[np.arange(v), bi]
-        # P(member on time) = prod_c' F_c'(u_member)^n_c', with exact CDFs at each member's limit.
+        member = np.arange(self.slack.shape[1])[None, None, :] < counts[:, :, None]  # [V, C, J]
         lfx = self.log_cdf_at_members()  # [C', nb, C, J]
+        if self.own:
+            # Answered at its own exit: on time iff compile + g(B) x its own time <= its
+            # slack, whatever the slower members do (they only keep the device busy).
+            own = lfx[np.arange(c), :, np.arange(c), :]  # [C, nb, J]
+            p = np.exp(own[:, bi, :]).transpose(1, 0, 2)  # [V, C, J]
+            ontime = np.einsum("vcj,vcj->v", p, member, dtype=np.float64)
+            self.last_p = (p, member)
+            return ontime / t, ontime, t, bi
+        # Answered when the batch ends: P(member on time) = prod_c' F_c'(u_member)^n_c',
+        # with exact CDFs at each member's limit.
         cj = lfx.shape[2] * lfx.shape[3]
         cf = counts.astype(np.float32)
         nb = lfx.shape[1]
@@ -158,7 +169,6 @@ class _Group:
                 np.matmul(cf[lo:hi], lfx[:, bi[lo]].reshape(-1, cj), out=logp[lo:hi])
         else:  # few candidates: one product over every bucket, then each candidate's block
             logp = (cf @ lfx.reshape(lfx.shape[0], -1)).reshape(v, nb, cj)[np.arange(v), bi]
-        member = np.arange(self.slack.shape[1])[None, None, :] < counts[:, :, None]  # [V, C, J]
         p = np.exp(logp).reshape(v, c, -1)
         ontime = np.einsum("vcj,vcj->v", p, member, dtype=np.float64)
         self.last_p = (p, member)  # per-member P of every candidate, for the rider check
@@ -274,7 +284,7 @@ class Orloj(Policy):
             slack[row, : len(head)] = [r.deadline_ms - now for r in head]
         dists = [lat.dists[cids[i]] for i in keep]
         kept = tuple(cids[i] for i in keep)
-        return _Group(model, shape, lists, logF[keep], du, slack, lens, buckets, comp, gb, now, dists=dists, cids=kept, has_comp=has_comp), None
+        return _Group(model, shape, lists, logF[keep], du, slack, lens, buckets, comp, gb, now, dists=dists, cids=kept, has_comp=has_comp, own=spec.answers_at_exit), None
 
     def _skip_riders(self, grp: _Group, found):
         """Don't let members with P(on time in this batch) < drop_threshold ride along.
