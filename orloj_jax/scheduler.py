@@ -306,7 +306,9 @@ class Scheduler:
         lat = self.latency
         by_cls: dict[int, list[float]] = {}
         for r, s in zip(batch.requests, solo, strict=True):
-            by_cls.setdefault(r.cls, []).append(s)
+            # A member padded into a larger shape bucket ran (and was timed) at that shape.
+            cid = r.cls if r.shape_bucket == batch.shape_bucket else lat.class_id(batch.model, r.tag, batch.shape_bucket)
+            by_cls.setdefault(cid, []).append(s)
         for cid, xs in by_cls.items():
             lat.observe(cid, np.asarray(xs))
         if result.compile_ms > 0:

@@ -679,7 +679,7 @@ def test_registry_names_and_errors():
         make_policy("nope")
     with pytest.raises(
         ValueError,
-        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit', 'weigh_models'\]",
+        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit', 'weigh_models', 'pad_shapes'\]",
     ):
         make_policy("orloj", bogus=1)
     p = make_policy("static", config=StaticConfig(max_batch_size=4), max_queue_delay_us=5.0)
@@ -689,4 +689,47 @@ def test_registry_names_and_errors():
         "drop_threshold": 0.7,
         "exhaustive_limit": 600,
         "weigh_models": True,
+        "pad_shapes": True,
     }
+
+
+def _sched(spec: ModelSpec, seeds: dict[tuple[str, int], list[float]], **opts) -> Scheduler:
+    lat = LatencyModel(LatencyConfig(grid_points=61))
+    for (tag, sb), xs in seeds.items():
+        lat.seed(M, tag, np.asarray(xs, dtype=np.float64), shape_bucket=sb)
+        lat.seed_scaling(M, {b: 1.0 for b in spec.batch_buckets}, shape_bucket=sb)
+    lat.mark_all_warm(M)
+    return Scheduler(make_policy("orloj", **opts), [spec], lat)
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_orloj_members_answered_at_their_own_exit(early):
+    """With answers_at_exit a fast member is not made late by a slower one in its batch:
+    it leaves (and is answered) at its own exit, so the pair beats the fast one alone."""
+    spec = ModelSpec(M, (1, 2), answers_at_exit=early)
+    s = _sched(spec, {("fast", 0): [10.0] * 20, ("slow", 0): [12.0] * 20})
+    fast, slow = req("fast", deadline=11.0), req("slow", deadline=30.0)
+    add_all(s, [fast, slow])
+    out = s.next_batch(0.0)
+    assert out.batch is not None
+    assert sorted(r.tag for r in out.batch.requests) == (["fast", "slow"] if early else ["fast"])
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_orloj_pads_smaller_shapes_into_a_larger_one(pad):
+    """Requests of a smaller shape bucket ride in a batch of a larger one, costed with
+    the tag's class at the larger shape, and the batch runs at the larger shape."""
+    spec = ModelSpec(M, (1, 2, 4), (16, 32))
+    s = _sched(spec, {("a", 16): [10.0] * 20, ("a", 32): [11.0] * 20}, pad_shapes=pad)
+    reqs = [req(size=10, deadline=50.0), req(size=10, deadline=51.0), req(size=30, deadline=52.0)]
+    add_all(s, reqs)
+    out = s.next_batch(0.0)
+    assert out.batch is not None
+    if pad:
+        assert len(out.batch.requests) == 3 and out.batch.shape_bucket == 32
+        res = BatchResult(device_ms=11.0, solo_ms=np.array([11.0, 11.0, 11.0]))
+        s.on_done(out.batch, res, 11.0)
+        # padded members were timed at shape 32: that is the class that learns it
+        assert s.latency.dist(M, "a", 32).n == 23 and s.latency.dist(M, "a", 16).n == 20
+    else:
+        assert {r.shape_bucket for r in out.batch.requests} == {16} and len(out.batch.requests) == 2

@@ -27,6 +27,7 @@ seeded with its own measurements.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -47,6 +48,10 @@ class OrlojConfig:
     drop_threshold: float = 0.7
     exhaustive_limit: int = 600
     weigh_models: bool = True  # across models, score on-time work rather than on-time count
+    # Batch requests of smaller shape buckets with larger ones, padded to the largest
+    # (TF Serving's pad_variable_length_inputs, which `static` does by default). A
+    # padded member is costed as a member of its tag's class at the run shape.
+    pad_shapes: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.drop_threshold < 1.0:
@@ -199,10 +204,15 @@ class Orloj(Policy):
             # cheap model's many completions do not starve an expensive one; within a
             # model every request counts the same.
             weight = self._model_weight(model) if len(models) > 1 and self.config.weigh_models else 1.0
+            survivors: dict[int, list[Request]] = {}
             for shape, cids in groups.items():
-                cand = self._group_decision(queue, model, shape, cids, now, drops)
+                cand = self._group_decision(queue, model, shape, cids, now, drops, survivors)
                 if cand is not None and (best is None or weight * cand[0] > best[0]):
                     best = (weight * cand[0], cand[1])
+            if self.config.pad_shapes and len(groups) > 1:
+                for cand in self._padded_decisions(model, sorted(groups), survivors, now):
+                    if best is None or weight * cand[0] > best[0]:
+                        best = (weight * cand[0], cand[1])
         if best is None:
             return Decision(drops=drops)
         decision = best[1]
@@ -210,8 +220,10 @@ class Orloj(Policy):
         return decision
 
     # -- one group -------------------------------------------------------
-    def _group_decision(self, queue, model, shape, cids, now, drops) -> tuple[float, Decision] | None:
+    def _group_decision(self, queue, model, shape, cids, now, drops, survivors=None) -> tuple[float, Decision] | None:
         grp, cold_head = self._prepare(queue, model, shape, cids, now, drops)
+        if survivors is not None and grp is not None and cold_head is None:
+            survivors.update(zip(grp.cids, grp.lists, strict=True))
         if cold_head is not None:
             # Exploration: seed the cold class with its own measurement.
             bi = 0
@@ -223,13 +235,82 @@ class Orloj(Policy):
             # No batch has any chance (possible only with drop_threshold 0):
             # answer the survivors now rather than leave them queued forever.
             drops.extend((r, Outcome.DROPPED, "deadline_unmeetable") for lst in grp.lists for r in lst)
+            if survivors is not None:
+                for cid in grp.cids:
+                    survivors.pop(cid, None)
             return None
+        return self._decide(grp, found)
+
+    def _decide(self, grp: _Group, found) -> tuple[float, Decision]:
         grp, found = self._skip_riders(grp, found)
         counts, score, ontime, t, bi = found
         batch = [r for lst, n in zip(grp.lists, counts, strict=True) for r in lst[:n]]
         batch.sort(key=lambda r: r.deadline_ms)
         info = {"score": score, "expected_on_time": ontime}
-        return score, Decision(model, batch, int(grp.buckets[bi]), shape, predicted_ms=t, info=info)
+        shape = max(r.shape_bucket for r in batch)  # <= grp.shape: padded to its largest member
+        return score, Decision(grp.model, batch, int(grp.buckets[bi]), shape, predicted_ms=t, info=info)
+
+    def _padded_decisions(self, model, shapes, survivors, now):
+        """Best batches that pad smaller shape buckets into each larger queued one.
+
+        For run shape S, a tag's candidates are its surviving requests of every
+        shape <= S (merged by deadline), all costed with the tag's class at S: that
+        is the shape the executor runs them at, and what it reports as their solo
+        time. A tag with no warm class at S does not pad into S. Drops were decided
+        per own-shape class (a request is dropped only if it is hopeless at its own
+        shape); this only adds candidates, so the own-shape batches stay available.
+        """
+        lat = self.latency
+        keys = lat.class_keys
+        by_tag: dict[str, list[tuple[int, list[Request]]]] = {}
+        for cid, lst in survivors.items():
+            by_tag.setdefault(keys[cid][1], []).append((keys[cid][2], lst))
+        window = (self.MAX_SKIP_ROUNDS + 1) * self.models[model].max_batch
+        for s_run in shapes[1:]:
+            dist_cids, lists = [], []
+            for tag, parts in by_tag.items():
+                small = [lst for sb, lst in parts if sb < s_run]
+                if not small:
+                    continue
+                cid = lat._class_ids.get((model, tag, s_run))
+                if cid is None or lat.is_cold(cid):
+                    continue
+                merged = list(heapq.merge(*[lst for sb, lst in parts if sb <= s_run], key=lambda r: r.deadline_ms))
+                dist_cids.append(cid)
+                lists.append(merged[:window])
+            if not dist_cids:
+                continue
+            grp = self._build(model, s_run, dist_cids, lists, now)
+            found = self._search(grp)
+            if found is not None:
+                yield self._decide(grp, found)
+
+    def _build(self, model, shape, cids, lists, now) -> _Group:
+        """A group whose class c has the requests lists[c] (most urgent first) and the
+        distribution of latency class cids[c], run at `shape`."""
+        lat = self.latency
+        spec = self.models[model]
+        btuple = spec.batch_buckets
+        buckets = self._buckets.get(btuple)
+        if buckets is None:
+            buckets = self._buckets[btuple] = np.asarray(btuple)
+        jmax = spec.max_batch
+        vec = lat.g_vec(model, jmax, shape)
+        hit = self._gb_cache.get((model, shape, btuple))
+        if hit is None or hit[0] is not vec:
+            gb = vec[buckets]
+            hit = self._gb_cache[(model, shape, btuple)] = (vec, gb, float(gb.min()))
+        comp = lat.avoidable_compile_costs(model, btuple, shape)
+        du, logF = lat.table(model, list(cids), float32=True)
+        slack = np.full((len(cids), jmax), -np.inf)
+        lens = np.zeros(len(cids), dtype=np.int64)
+        for row, lst in enumerate(lists):
+            head = lst[:jmax]
+            lens[row] = len(head)
+            slack[row, : len(head)] = [r.deadline_ms - now for r in head]
+        return _Group(model, shape, lists, logF, du, slack, lens, buckets, comp, hit[1], now,
+                      dists=[lat.dists[c] for c in cids], cids=tuple(cids), has_comp=bool(comp.any()),
+                      own=spec.answers_at_exit)
 
     def _prepare(self, queue, model, shape, cids, now, drops):
         lat = self.latency
