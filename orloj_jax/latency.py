@@ -156,6 +156,10 @@ class LatencyModel:
             self._grids.setdefault(model, _ModelGrid(self.config.grid_points))
         return cid
 
+    def find_class(self, model: str, tag: str, shape_bucket: int = 0) -> int | None:
+        """The class id of (model, tag, shape) if it exists; unlike `class_id`, never creates one."""
+        return self._class_ids.get((model, tag, shape_bucket))
+
     def dist(self, model: str, tag: str, shape_bucket: int = 0) -> EmpiricalDist:
         return self.dists[self.class_id(model, tag, shape_bucket)]
 

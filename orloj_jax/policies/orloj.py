@@ -272,7 +272,7 @@ class Orloj(Policy):
                 small = [lst for sb, lst in parts if sb < s_run]
                 if not small:
                     continue
-                cid = lat._class_ids.get((model, tag, s_run))
+                cid = lat.find_class(model, tag, s_run)
                 if cid is None or lat.is_cold(cid):
                     continue
                 merged = list(heapq.merge(*[lst for sb, lst in parts if sb <= s_run], key=lambda r: r.deadline_ms))
