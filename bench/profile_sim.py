@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from orloj_jax.engine import perf_ms
+from orloj_jax.executor import Executor
 from orloj_jax.latency import LatencyModel
 from orloj_jax.policies import make_policy
 from orloj_jax.request import Request
@@ -207,6 +209,48 @@ class ProfiledDevice:
             device_ms=t,
             solo_ms=np.array([self.solo_ms(sb, e) for e in exits]),
             finish_ms=(batch.start_ms + finish).tolist(),
+            exit_index=exits,
+        )
+
+
+class ProfiledExecutor(Executor):
+    """The profiled device on the live path: each batch sleeps its profiled time.
+
+    Members are answered at their exits (the engine's ``on_exit`` hook, as `JaxExecutor`
+    does) at the offsets `ProfiledDevice.batch_times` gives, so a live engine on a CPU
+    meets a GPU's timing (e.g. an H200's ~5 ms batches) with its own scheduling costs:
+    what `python -m bench.emulated_vs_sim` compares with the simulator, which has none.
+    A request's payload is its exit stage, as in the simulator."""
+
+    def __init__(self, device: ProfiledDevice, clock: Callable[[], float] = perf_ms,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.device = device
+        self.clock = clock
+        self.sleep = sleep
+        self.on_exit: Callable[[Request, Any, int, float], None] | None = None
+
+    def _until(self, t: float) -> None:
+        wait = t - self.clock()
+        if wait > 0:
+            self.sleep(wait / 1000.0)
+
+    def run(self, batch: Batch) -> BatchResult:
+        t0 = self.clock()
+        sb = int(batch.shape_bucket)
+        exits = [int(r.payload) for r in batch.requests]
+        total, offsets = self.device.batch_times(sb, batch.batch_bucket, exits)
+        last = self.device.num_stages - 1
+        finish = np.zeros(len(exits))
+        for j in np.argsort(offsets, kind="stable"):
+            self._until(t0 + float(offsets[j]))
+            finish[j] = self.clock()
+            if self.on_exit is not None and exits[j] < last:
+                self.on_exit(batch.requests[j], None, exits[j], finish[j])
+        self._until(t0 + total)
+        return BatchResult(
+            device_ms=self.clock() - t0,
+            solo_ms=np.array([self.device.solo_ms(sb, e) for e in exits]),
+            finish_ms=finish.tolist(),
             exit_index=exits,
         )
 

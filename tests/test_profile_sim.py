@@ -10,6 +10,7 @@ import pytest
 from bench.cli import main as cli_main
 from bench.profile_sim import (
     ProfiledDevice,
+    ProfiledExecutor,
     ProfiledWorkload,
     ProfileError,
     load_profile,
@@ -38,6 +39,43 @@ def make_profile(n_inputs: int = 60) -> dict:
         inputs.append({"size": sb - 3, "shape_bucket": sb, "exit": e, "solo_ms": (e + 1) * (1.1 if sb == 16 else 2.1)})
     return {"model": "minilm", "num_stages": 3, "exit_stages": [0, 1, 2], "batch_buckets": [1, 2, 4],
             "shape_buckets": [16, 32], "results": rows, "inputs": inputs, "machine": {"device_kind": "test"}}
+
+
+def test_profiled_device_without_compaction_keeps_the_bucket():
+    """A profile made with compaction off (JaxExecutor(compact=False), a GPU's default):
+    the batch of 3 stays at bucket 4 (step 2.6 ms) through all three stages."""
+    dev = ProfiledDevice({**make_profile(), "compact": False})
+    t, fin = dev.batch_times(16, 4, [0, 2, 1])
+    assert t == pytest.approx(3 * 2.6) and fin == pytest.approx([2.6, 7.8, 5.2])
+
+
+def test_profiled_device_scales_batches_to_the_served_ones():
+    """exit_batches: a batch of (16, 4) served with exits [0, 2, 1] took 10.6 ms, twice the
+    5.3 ms the tables give for those members: every batch starting at (16, 4) doubles,
+    the others are unchanged."""
+    prof = {**make_profile(), "exit_batches": [{"shape_bucket": 16, "batch_bucket": 4, "run_ms": 10.6,
+                                                "exits": [0, 2, 1]}]}
+    dev = ProfiledDevice(prof)
+    assert dev.calibration["serve:16x4"] == pytest.approx(2.0)
+    t, fin = dev.batch_times(16, 4, [0, 2, 1])
+    assert t == pytest.approx(10.6) and fin == pytest.approx([5.2, 10.6, 8.4])
+    assert dev.batch_times(16, 2, [0, 0])[0] == pytest.approx(1.6)
+
+
+def test_profiled_executor_sleeps_the_profile_and_answers_at_exits():
+    """On a fake clock: the batch above sleeps to each exit (2.6, 4.2 ms), answers members 0
+    and 2 there through on_exit, and ends at 5.3 ms with member 1 (the last stage)."""
+    clock = [100.0]
+    ex = ProfiledExecutor(ProfiledDevice(make_profile()), clock=lambda: clock[0],
+                          sleep=lambda s: clock.__setitem__(0, clock[0] + s * 1000.0))
+    answered = []
+    ex.on_exit = lambda req, out, stage, t: answered.append((req.payload, stage, round(t, 6)))
+    reqs = [Request("minilm", "text", 0.0, 1e9, size=10, payload=e) for e in (0, 2, 1)]
+    res = ex.run(Batch("minilm", reqs, 4, 16, start_ms=100.0))
+    assert answered == [(0, 0, 102.6), (1, 1, 104.2)]
+    assert res.device_ms == pytest.approx(5.3)
+    assert res.finish_ms == pytest.approx([102.6, 105.3, 104.2]) and res.exit_index == [0, 2, 1]
+    assert res.solo_ms == pytest.approx([1.1, 3.3, 2.2])
 
 
 def test_profiled_device_replays_the_stage_loop_with_compaction():
