@@ -72,14 +72,20 @@ class _ModelGrid:
 class _Scaling:
     """g(b) for one (model, shape bucket): mean measured ratio per batch bucket."""
 
-    __slots__ = ("_since", "_vec", "prior_slope", "ratios", "sums")
+    __slots__ = ("_at", "_means", "_since", "_size", "_stale", "_vec", "prior_slope", "ratios", "sums")
 
     def __init__(self, prior_slope: float):
         self.prior_slope = prior_slope
         self.ratios: dict[int, deque] = {}
         self.sums: dict[int, float] = {}
         self._vec: np.ndarray | None = None
-        self._since: dict[int, int] = {}  # ratios added per bucket since `_vec` was built
+        self._since: dict[int, int] = {}  # ratios added per bucket since the last refresh
+        # The measured means as of the last refresh; `vec` and `at` are built from them
+        # lazily (the line fit only when an unmeasured size is asked for).
+        self._stale = True
+        self._size = 0  # len(vec) the last refresh was for
+        self._means: dict[int, float] = {}
+        self._at: dict[tuple, np.ndarray] = {}
 
     def add(self, b: int, ratio: float, maxlen: int) -> None:
         q = self.ratios.get(b)
@@ -94,7 +100,7 @@ class _Scaling:
         # ~3% new ratios (every ratio while it has fewer than 32), not after every batch.
         since = self._since[b] = self._since.get(b, 0) + 1
         if since >= max(1, len(q) >> 5):
-            self._vec = None
+            self._stale = True
 
     def g(self, b: int) -> float:
         return float(self._g_many([b])[0])
@@ -120,12 +126,53 @@ class _Scaling:
             fill = lambda b: 1.0 + self.prior_slope * (b - 1)  # noqa: E731
         return [float(fill(b)) if v is None else v for b, v in zip(bs, out, strict=True)]
 
+    def _fill(self, means: dict[int, float], bs) -> list[float]:
+        """`_g_many` on given measured means (those of the last refresh)."""
+        out = [means.get(b) for b in bs]
+        if all(v is not None for v in out):
+            return out
+        pts = sorted(means)
+        if len(pts) >= 2:
+            x = np.asarray(pts, dtype=np.float64)
+            y = np.asarray([means[p] for p in pts])
+            slope, icpt = np.polyfit(x, y, 1)
+            fill = lambda b: max(icpt + slope * b, 1e-6)  # noqa: E731
+        elif len(pts) == 1 and pts[0] > 1:
+            b0 = pts[0]
+            r0 = means[b0]
+            fill = lambda b: 1.0 + (r0 - 1.0) * (b - 1) / (b0 - 1)  # noqa: E731
+        else:
+            fill = lambda b: 1.0 + self.prior_slope * (b - 1)  # noqa: E731
+        return [float(fill(b)) if v is None else v for b, v in zip(bs, out, strict=True)]
+
+    def _refresh(self, max_b: int) -> None:
+        """Take in the new ratios once they are enough (see `add`), or for a longer vec."""
+        if self._stale or self._size <= max_b:
+            ratios, sums = self.ratios, self.sums
+            self._means = {b: sums[b] / len(q) for b, q in ratios.items()}
+            self._size = max_b + 1
+            self._vec = None
+            self._at = {}
+            self._since.clear()
+            self._stale = False
+
     def vec(self, max_b: int) -> np.ndarray:
         """g as an array indexed by batch size 0..max_b (index 0 unused)."""
-        if self._vec is None or self._vec.size <= max_b:
-            self._vec = np.array([1.0, *self._g_many(list(range(1, max_b + 1)))])
-            self._since.clear()
+        self._refresh(max_b)
+        if self._vec is None:
+            self._vec = np.array([1.0, *self._fill(self._means, range(1, self._size))])
         return self._vec
+
+    def at(self, bs: tuple, max_b: int) -> np.ndarray:
+        """`vec(max_b)[list(bs)]`, without fitting the sizes that are not asked for.
+
+        The same array object is returned until g is refreshed: treat it as read-only."""
+        self._refresh(max_b)
+        hit = self._at.get(bs)
+        if hit is None:
+            hit = self._at[bs] = np.array(self._fill(self._means, bs))
+            hit.flags.writeable = False
+        return hit
 
 
 class LatencyModel:
@@ -259,6 +306,12 @@ class LatencyModel:
 
     def g_vec(self, model: str, max_b: int, shape_bucket: int = 0) -> np.ndarray:
         return self._scale(model, shape_bucket).vec(max_b)
+
+    def g_at(self, model: str, buckets: tuple, max_b: int, shape_bucket: int = 0) -> np.ndarray:
+        """`g_vec(model, max_b, shape_bucket)[list(buckets)]` (buckets <= max_b), refreshed
+        exactly when g_vec is, but without fitting sizes that are not buckets. The same
+        array object is returned until g is refreshed: treat it as read-only."""
+        return self._scale(model, shape_bucket).at(buckets, max_b)
 
     def table(self, model: str, cids: list[int], float32: bool = False) -> tuple[float, np.ndarray]:
         """(du, logF[len(cids), K]) of the given classes of `model` on its grid.

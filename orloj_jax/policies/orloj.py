@@ -295,11 +295,7 @@ class Orloj(Policy):
         if buckets is None:
             buckets = self._buckets[btuple] = np.asarray(btuple)
         jmax = spec.max_batch
-        vec = lat.g_vec(model, jmax, shape)
-        hit = self._gb_cache.get((model, shape, btuple))
-        if hit is None or hit[0] is not vec:
-            gb = vec[buckets]
-            hit = self._gb_cache[(model, shape, btuple)] = (vec, gb, float(gb.min()))
+        hit = self._g_buckets(model, shape, btuple, jmax)
         comp = lat.avoidable_compile_costs(model, btuple, shape)
         du, logF = lat.table(model, list(cids), float32=True)
         slack = np.full((len(cids), jmax), -np.inf)
@@ -320,11 +316,7 @@ class Orloj(Policy):
         if buckets is None:
             buckets = self._buckets[btuple] = np.asarray(btuple)
         jmax = spec.max_batch
-        vec = lat.g_vec(model, jmax, shape)
-        hit = self._gb_cache.get((model, shape, btuple))
-        if hit is None or hit[0] is not vec:  # g(b) was refreshed: index it again
-            gb = vec[buckets]
-            hit = self._gb_cache[(model, shape, btuple)] = (vec, gb, float(gb.min()))
+        hit = self._g_buckets(model, shape, btuple, jmax)
         gb, gmin = hit[1], hit[2]
         comp = lat.avoidable_compile_costs(model, btuple, shape)
         du, logF = lat.table(model, cids, float32=True)
@@ -395,6 +387,16 @@ class Orloj(Policy):
         return grp, found
 
     MAX_SKIP_ROUNDS = 2
+
+    def _g_buckets(self, model, shape, btuple, jmax) -> tuple:
+        """(g at each batch bucket, that array, its min): `g_vec(jmax)[buckets]`, re-read
+        only when the latency model refreshed g (`g_at` returns a new array then)."""
+        gb = self.latency.g_at(model, btuple, jmax, shape)
+        key = (model, shape, btuple)
+        hit = self._gb_cache.get(key)
+        if hit is None or hit[0] is not gb:
+            hit = self._gb_cache[key] = (gb, gb, float(gb.min()))
+        return hit
 
     def _model_weight(self, model: str) -> float:
         """Mean solo time over the model's measured classes (1.0 before any measurement)."""
