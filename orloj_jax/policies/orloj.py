@@ -96,6 +96,7 @@ class _Group:
     _logfex: np.ndarray | None = None
     has_comp: bool | None = None  # comp.any(), computed once per decision
     own: bool = False  # members are answered at their own exit (ModelSpec.answers_at_exit)
+    table: tuple = ()  # (class ids, logF) of every class the group was prepared from (before drops)
 
     def log_cdf_at_members(self) -> np.ndarray:
         """log F_c'(u) at every member's on-time limit u = (slack - compile_B) / g_B, exactly.
@@ -190,11 +191,12 @@ class Orloj(Policy):
         self._qthr_cache: dict[int, tuple[int, float]] = {}
         self._buckets: dict[tuple, np.ndarray] = {}
         self._gb_cache: dict[tuple, tuple] = {}
+        self._bound_cache: dict[tuple, tuple] = {}
 
 
     def select(self, queue, now: float) -> Decision:
         drops: list = []
-        best: tuple[float, Decision] | None = None
+        top: list = [None]  # [(weighted score, Decision)] of the best batch so far
         models = queue.models()
         for model in models:
             groups: dict[int, list[int]] = {}
@@ -204,23 +206,26 @@ class Orloj(Policy):
             # cheap model's many completions do not starve an expensive one; within a
             # model every request counts the same.
             weight = self._model_weight(model) if len(models) > 1 and self.config.weigh_models else 1.0
+            # A group whose score bound (`_bound`) is below floor() cannot replace the best
+            # batch (only a strictly greater score does), so it is not searched.
+            floor = _Floor(top, weight)
             survivors: dict[int, list[Request]] = {}
             for shape, cids in groups.items():
-                cand = self._group_decision(queue, model, shape, cids, now, drops, survivors)
-                if cand is not None and (best is None or weight * cand[0] > best[0]):
-                    best = (weight * cand[0], cand[1])
+                cand = self._group_decision(queue, model, shape, cids, now, drops, survivors, floor())
+                if cand is not None and (top[0] is None or weight * cand[0] > top[0][0]):
+                    top[0] = (weight * cand[0], cand[1])
             if self.config.pad_shapes and len(groups) > 1:
-                for cand in self._padded_decisions(model, sorted(groups), survivors, now):
-                    if best is None or weight * cand[0] > best[0]:
-                        best = (weight * cand[0], cand[1])
-        if best is None:
+                for cand in self._padded_decisions(model, sorted(groups), survivors, now, floor):
+                    if top[0] is None or weight * cand[0] > top[0][0]:
+                        top[0] = (weight * cand[0], cand[1])
+        if top[0] is None:
             return Decision(drops=drops)
-        decision = best[1]
+        decision = top[0][1]
         decision.drops = drops
         return decision
 
     # -- one group -------------------------------------------------------
-    def _group_decision(self, queue, model, shape, cids, now, drops, survivors=None) -> tuple[float, Decision] | None:
+    def _group_decision(self, queue, model, shape, cids, now, drops, survivors=None, floor=None) -> tuple[float, Decision] | None:
         grp, cold_head = self._prepare(queue, model, shape, cids, now, drops)
         if survivors is not None and grp is not None and cold_head is None:
             survivors.update(zip(grp.cids, grp.lists, strict=True))
@@ -230,6 +235,12 @@ class Orloj(Policy):
             return math.inf, Decision(model, [cold_head], int(grp.buckets[bi]), shape, info={"cold_class": True})
         if grp is None:
             return None
+        if floor is not None and not grp.has_comp and self._has_chance(grp):
+            # Pruned only when the search would find a batch: one that finds none
+            # answers the group's survivors at once (below).
+            bound = self._bound(model, shape, grp.table[0], grp.table[1], grp.du, grp.gb, grp.comp, grp.buckets, int(grp.lens.sum()))
+            if bound is not None and bound * _BOUND_MARGIN < floor:
+                return None
         found = self._search(grp)
         if found is None:
             # No batch has any chance (possible only with drop_threshold 0):
@@ -250,7 +261,7 @@ class Orloj(Policy):
         shape = max(r.shape_bucket for r in batch)  # <= grp.shape: padded to its largest member
         return score, Decision(grp.model, batch, int(grp.buckets[bi]), shape, predicted_ms=t, info=info)
 
-    def _padded_decisions(self, model, shapes, survivors, now):
+    def _padded_decisions(self, model, shapes, survivors, now, floor=None):
         """Best batches that pad smaller shape buckets into each larger queued one.
 
         For run shape S, a tag's candidates are its surviving requests of every
@@ -265,9 +276,11 @@ class Orloj(Policy):
         by_tag: dict[str, list[tuple[int, list[Request]]]] = {}
         for cid, lst in survivors.items():
             by_tag.setdefault(keys[cid][1], []).append((keys[cid][2], lst))
-        window = (self.MAX_SKIP_ROUNDS + 1) * self.models[model].max_batch
+        spec = self.models[model]
+        jmax = spec.max_batch
+        window = (self.MAX_SKIP_ROUNDS + 1) * jmax
         for s_run in shapes[1:]:
-            dist_cids, lists = [], []
+            dist_cids, parts_in, total = [], [], 0
             for tag, parts in by_tag.items():
                 small = [lst for sb, lst in parts if sb < s_run]
                 if not small:
@@ -275,11 +288,22 @@ class Orloj(Policy):
                 cid = lat.find_class(model, tag, s_run)
                 if cid is None or lat.is_cold(cid):
                     continue
-                merged = list(heapq.merge(*[lst for sb, lst in parts if sb <= s_run], key=lambda r: r.deadline_ms))
+                inside = [lst for sb, lst in parts if sb <= s_run]
                 dist_cids.append(cid)
-                lists.append(merged[:window])
+                parts_in.append(inside)
+                total += min(sum(len(lst) for lst in inside), jmax)
             if not dist_cids:
                 continue
+            lim = floor() if floor is not None else None
+            if lim is not None:
+                # No side effects here (no drops), so any group may be pruned.
+                btuple = spec.batch_buckets
+                du, logF = lat.table(model, dist_cids, float32=True)
+                bound = self._bound(model, s_run, tuple(dist_cids), logF, du, self._g_buckets(model, s_run, btuple, jmax)[1],
+                                    lat.avoidable_compile_costs(model, btuple, s_run), self._bucket_array(btuple), total)
+                if bound is not None and bound * _BOUND_MARGIN < lim:
+                    continue
+            lists = [list(heapq.merge(*inside, key=lambda r: r.deadline_ms))[:window] for inside in parts_in]
             grp = self._build(model, s_run, dist_cids, lists, now)
             found = self._search(grp)
             if found is not None:
@@ -291,9 +315,7 @@ class Orloj(Policy):
         lat = self.latency
         spec = self.models[model]
         btuple = spec.batch_buckets
-        buckets = self._buckets.get(btuple)
-        if buckets is None:
-            buckets = self._buckets[btuple] = np.asarray(btuple)
+        buckets = self._bucket_array(btuple)
         jmax = spec.max_batch
         hit = self._g_buckets(model, shape, btuple, jmax)
         comp = lat.avoidable_compile_costs(model, btuple, shape)
@@ -312,9 +334,7 @@ class Orloj(Policy):
         lat = self.latency
         spec = self.models[model]
         btuple = spec.batch_buckets
-        buckets = self._buckets.get(btuple)
-        if buckets is None:
-            buckets = self._buckets[btuple] = np.asarray(btuple)
+        buckets = self._bucket_array(btuple)
         jmax = spec.max_batch
         hit = self._g_buckets(model, shape, btuple, jmax)
         gb, gmin = hit[1], hit[2]
@@ -357,7 +377,7 @@ class Orloj(Policy):
             slack[row, : len(head)] = [r.deadline_ms - now for r in head]
         dists = [lat.dists[cids[i]] for i in keep]
         kept = tuple(cids[i] for i in keep)
-        return _Group(model, shape, lists, logF[keep], du, slack, lens, buckets, comp, gb, now, dists=dists, cids=kept, has_comp=has_comp, own=spec.answers_at_exit), None
+        return _Group(model, shape, lists, logF[keep], du, slack, lens, buckets, comp, gb, now, dists=dists, cids=kept, has_comp=has_comp, own=spec.answers_at_exit, table=(tuple(cids), logF)), None
 
     def _skip_riders(self, grp: _Group, found):
         """Don't let members with P(on time in this batch) < drop_threshold ride along.
@@ -387,6 +407,66 @@ class Orloj(Policy):
         return grp, found
 
     MAX_SKIP_ROUNDS = 2
+
+    def _bucket_array(self, btuple: tuple) -> np.ndarray:
+        buckets = self._buckets.get(btuple)
+        if buckets is None:
+            buckets = self._buckets[btuple] = np.asarray(btuple)
+        return buckets
+
+    def _bound(self, model, shape, cids: tuple, logF, du, gb, comp, buckets, total: int) -> float | None:
+        """An upper bound on the score of any batch of at most `total` members of the
+        classes `cids` (logF their stacked table) at `shape`, skip rounds included, or
+        None where no bound is kept.
+
+        A batch's expected on-time count is at most its size n, so its score is at most
+        n / t(n) with t its expected time as `evaluate` computes it (which depends only
+        on the count vector). The max of that over all count vectors of each size is
+        cached until the table, g or the compile costs change (new arrays then).
+        Callers compare it with a relative margin (`_BOUND_MARGIN`) that absorbs the
+        float32 round-off between this E[max] and the search's.
+        """
+        key = (model, shape, cids)
+        hit = self._bound_cache.get(key)
+        if hit is None or hit[0] is not logF or hit[1] is not gb or hit[2] is not comp:
+            c = len(cids)
+            max_b = int(buckets[-1])
+            tab = None
+            if c and math.comb(max_b + c, c) - 1 <= self.config.exhaustive_limit:
+                allv = count_vectors(c, max_b)
+                k = logF.shape[1]
+                fmax = np.exp(allv.astype(np.float32) @ logF)
+                emax = du * ((k - 1) - fmax.sum(1) + 0.5 * (fmax[:, 0] + fmax[:, -1]))
+                b = allv.sum(1)
+                if not comp.any():
+                    t = gb[np.searchsorted(buckets, b)] * emax
+                else:
+                    t_opt = comp[None, :] + gb[None, :] * emax[:, None]
+                    t_opt[buckets[None, :] < b[:, None]] = np.inf
+                    t = t_opt.min(1)
+                if np.all(np.isfinite(t)) and np.all(t > 0):
+                    per = np.full(max_b + 1, -np.inf)
+                    np.maximum.at(per, b, b / t)
+                    tab = np.maximum.accumulate(per).tolist()
+            if len(self._bound_cache) > 256:
+                self._bound_cache.clear()
+            hit = self._bound_cache[key] = (logF, gb, comp, tab)
+        tab = hit[3]
+        return None if tab is None else tab[min(total, len(tab) - 1)]
+
+    @staticmethod
+    def _has_chance(grp: _Group) -> bool:
+        """Whether the search surely finds a batch (one with score > 0): some class's most
+        urgent survivor alone (all buckets warm, so at the smallest bucket) has
+        F(slack / g) >= 1e-3, so its P(on time) and score are > 0 even in float32."""
+        bi0 = int(np.searchsorted(grp.buckets, 1))
+        if bi0 >= len(grp.buckets):
+            return False
+        g0 = float(grp.gb[bi0])
+        for c, d in enumerate(grp.dists):
+            if grp.lens[c] >= 1 and float(d.cdf(float(grp.slack[c, 0] - grp.comp[bi0]) / g0)) >= 1e-3:
+                return True
+        return False
 
     def _g_buckets(self, model, shape, btuple, jmax) -> tuple:
         """(g at each batch bucket, that array, its min): `g_vec(jmax)[buckets]`, re-read
@@ -451,6 +531,23 @@ class Orloj(Policy):
         p, member = grp.last_p
         grp.best_p = p[i] * member[i]  # [C, J] P(on time) of the chosen batch's members
         return cand[i], float(score[i]), float(ontime[i]), float(t[i]), int(bi[i])
+
+
+class _Floor:
+    """The best weighted score so far over a model's weight: what a group of that
+    model must beat (None before any batch, or when the weight is not positive)."""
+
+    __slots__ = ("top", "weight")
+
+    def __init__(self, top: list, weight: float):
+        self.top, self.weight = top, weight
+
+    def __call__(self) -> float | None:
+        best = self.top[0]
+        return best[0] / self.weight if best is not None and self.weight > 0 else None
+
+
+_BOUND_MARGIN = 1.001  # prune a group only when 1.001 x its score bound is still below the best score
 
 
 def _greedy(grp: _Group, max_b: int) -> np.ndarray:
