@@ -106,28 +106,12 @@ class _Scaling:
         return float(self._g_many([b])[0])
 
     def _g_many(self, bs: list[int]) -> list[float]:
-        """g at each b: the measured mean where b was measured, else a line through the
-        measured points (fitted once for all bs), else the prior."""
-        ratios, sums = self.ratios, self.sums
-        out = [sums[b] / len(ratios[b]) if b in ratios else None for b in bs]
-        if all(v is not None for v in out):
-            return out
-        pts = sorted(ratios)
-        if len(pts) >= 2:
-            x = np.asarray(pts, dtype=np.float64)
-            y = np.asarray([sums[p] / len(ratios[p]) for p in pts])
-            slope, icpt = np.polyfit(x, y, 1)
-            fill = lambda b: max(icpt + slope * b, 1e-6)  # noqa: E731
-        elif len(pts) == 1 and pts[0] > 1:
-            b0 = pts[0]
-            r0 = sums[b0] / len(ratios[b0])
-            fill = lambda b: 1.0 + (r0 - 1.0) * (b - 1) / (b0 - 1)  # noqa: E731
-        else:
-            fill = lambda b: 1.0 + self.prior_slope * (b - 1)  # noqa: E731
-        return [float(fill(b)) if v is None else v for b, v in zip(bs, out, strict=True)]
+        """g at each b from the ratios measured so far (see `_fill`)."""
+        return self._fill({b: self.sums[b] / len(q) for b, q in self.ratios.items()}, bs)
 
     def _fill(self, means: dict[int, float], bs) -> list[float]:
-        """`_g_many` on given measured means (those of the last refresh)."""
+        """g at each b: the measured mean where b was measured, else a line through the
+        measured points (fitted once for all bs), else the prior."""
         out = [means.get(b) for b in bs]
         if all(v is not None for v in out):
             return out
