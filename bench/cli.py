@@ -27,6 +27,24 @@ def _floats(s: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from e
 
 
+def add_comparison_args(p: argparse.ArgumentParser, *, requests: int = 400,
+                        slo_k: tuple[float, ...] = (1.0, 1.5)) -> None:
+    """The trace options shared by the comparison scripts (sim/http/emulated vs engine)."""
+    p.add_argument("--requests", type=int, default=requests)
+    p.add_argument("--load", type=float, default=0.8)
+    p.add_argument("--slo-k", type=_floats, default=list(slo_k))
+    p.add_argument("--policies", default="orloj,static")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--arrival", choices=["bursty", "poisson"], default="bursty")
+
+
+def comparison_spec(a: argparse.Namespace) -> BenchSpec:
+    """The `BenchSpec` of options added by `add_comparison_args`."""
+    return BenchSpec(policies=[x.strip() for x in a.policies.split(",") if x.strip()], slo_ks=a.slo_k,
+                     load=a.load, n_requests=a.requests, seed=a.seed, max_batch=a.max_batch, arrival=a.arrival)
+
+
 def _ints(s: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in s.split(",") if x.strip())

@@ -28,10 +28,10 @@ from orloj_jax.engine import Engine
 from orloj_jax.request import Request
 from orloj_jax.scheduler import Scheduler, SchedulerConfig
 
-from .cli import _floats
+from .cli import add_comparison_args, comparison_spec
 from .engine_mode import BatchLog, _summary, replay
 from .profile_sim import ProfiledExecutor, ProfiledWorkload, load_profile
-from .runner import BenchSpec, _policy
+from .runner import _policy
 
 
 def _timed(policy):
@@ -70,19 +70,12 @@ def run_engine(w: ProfiledWorkload, arrivals: np.ndarray, idx: np.ndarray, slo_m
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.emulated_vs_sim", description=__doc__.splitlines()[0])
     p.add_argument("--profile", type=Path, required=True)
-    p.add_argument("--requests", type=int, default=2000)
-    p.add_argument("--load", type=float, default=0.8)
-    p.add_argument("--slo-k", type=_floats, default=[1.0, 1.5])
-    p.add_argument("--policies", default="orloj,static")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--arrival", choices=["bursty", "poisson"], default="bursty")
+    add_comparison_args(p, requests=2000)
     p.add_argument("--runs", type=int, default=2, help="engine runs of each (policy, k) on the same trace")
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
-    pols = [x.strip() for x in a.policies.split(",") if x.strip()]
-    spec = BenchSpec(policies=pols, slo_ks=a.slo_k, load=a.load, n_requests=a.requests, seed=a.seed,
-                     max_batch=a.max_batch, arrival=a.arrival)
+    spec = comparison_spec(a)
+    pols = spec.policies
     w = ProfiledWorkload(load_profile(a.profile), a.max_batch, seed=a.seed)
     arrivals, idx = w.trace(load=a.load, n=a.requests, seed=a.seed, arrival=a.arrival)
     dev = w.profile.get("machine", {}).get("device_kind", "?")

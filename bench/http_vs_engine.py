@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .cli import _floats
+from .cli import add_comparison_args, comparison_spec
 from .engine_mode import repeated_finish_rates, setup_zoo, zoo_trace
 from .http_mode import run_http, stop_server, wait_ready
 from .profile import add_model_facts
@@ -63,19 +63,12 @@ def serve(model: str, policy: str, max_batch: int, profile: Path | None = None, 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.http_vs_engine", description=__doc__.splitlines()[0])
     p.add_argument("--workload", default="minilm-text", choices=["minilm-text", "digits-ee", "digits-static"])
-    p.add_argument("--requests", type=int, default=400)
-    p.add_argument("--load", type=float, default=0.8)
-    p.add_argument("--slo-k", type=_floats, default=[1.5])
-    p.add_argument("--policies", default="orloj,static")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--arrival", choices=["bursty", "poisson"], default="bursty")
+    add_comparison_args(p, slo_k=(1.5,))
     p.add_argument("--engine-runs", type=int, default=2, help="live runs of each (policy, k) on the same trace")
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
-    pols = [x.strip() for x in a.policies.split(",") if x.strip()]
-    spec = BenchSpec(policies=pols, slo_ks=a.slo_k, load=a.load, n_requests=a.requests, seed=a.seed,
-                     max_batch=a.max_batch, arrival=a.arrival)
+    spec = comparison_spec(a)
+    pols = spec.policies
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     z = setup_zoo(a.workload, a.max_batch, seed=a.seed, progress=log)

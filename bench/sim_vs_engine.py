@@ -28,23 +28,17 @@ import numpy as np
 from orloj_jax.request import Request
 from orloj_jax.scheduler import Batch
 
-from .cli import _floats
+from .cli import add_comparison_args, comparison_spec
 from .engine_mode import repeated_finish_rates, setup_zoo, zoo_latency, zoo_trace
 from .profile import add_model_facts
 from .profile_sim import ProfiledWorkload, profile_report
-from .runner import BenchSpec, _policy
+from .runner import _policy
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.sim_vs_engine", description=__doc__.splitlines()[0])
     p.add_argument("--workload", default="minilm-text", choices=["minilm-text", "digits-ee", "digits-static"])
-    p.add_argument("--requests", type=int, default=400)
-    p.add_argument("--load", type=float, default=0.8)
-    p.add_argument("--slo-k", type=_floats, default=[1.0, 1.5])
-    p.add_argument("--policies", default="orloj,static")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--arrival", choices=["bursty", "poisson"], default="bursty")
+    add_comparison_args(p)
     p.add_argument("--reps", type=int, default=10, help="profile repetitions per (batch, shape) bucket")
     p.add_argument("--engine-runs", type=int, default=2, help="live runs of each (policy, k) on the same trace")
     p.add_argument("--no-compact", action="store_true",
@@ -53,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-out", type=Path, help="also write the measured profile here")
     p.add_argument("--json", type=Path, help="write the comparison here")
     a = p.parse_args(argv)
-    spec = BenchSpec(policies=[x.strip() for x in a.policies.split(",") if x.strip()], slo_ks=a.slo_k,
-                     load=a.load, n_requests=a.requests, seed=a.seed, max_batch=a.max_batch, arrival=a.arrival)
+    spec = comparison_spec(a)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     z = setup_zoo(a.workload, a.max_batch, cache_dir=a.cache_dir, seed=a.seed, progress=log,

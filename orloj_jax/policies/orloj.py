@@ -74,6 +74,17 @@ def count_vectors(c: int, max_b: int) -> np.ndarray:
     return np.asarray(rows, dtype=np.int64).reshape(-1, c)
 
 
+def _slacks(lists, jmax: int, now: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per class c, the slack of its first <= jmax requests (-inf beyond), and how many."""
+    slack = np.full((len(lists), jmax), -np.inf)
+    lens = np.zeros(len(lists), dtype=np.int64)
+    for row, lst in enumerate(lists):
+        head = lst[:jmax]
+        lens[row] = len(head)
+        slack[row, : len(head)] = [r.deadline_ms - now for r in head]
+    return slack, lens
+
+
 @dataclass
 class _Group:
     """The numbers of one (model, shape bucket) group at one decision."""
@@ -312,34 +323,26 @@ class Orloj(Policy):
     def _build(self, model, shape, cids, lists, now) -> _Group:
         """A group whose class c has the requests lists[c] (most urgent first) and the
         distribution of latency class cids[c], run at `shape`."""
+        spec, buckets, jmax, gb, _, comp, du, logF = self._context(model, shape, list(cids))
+        slack, lens = _slacks(lists, jmax, now)
+        return _Group(model, shape, lists, logF, du, slack, lens, buckets, comp, gb, now,
+                      dists=[self.latency.dists[c] for c in cids], cids=tuple(cids), has_comp=bool(comp.any()),
+                      own=spec.answers_at_exit)
+
+    def _context(self, model, shape, cids) -> tuple:
+        """(spec, bucket array, max batch, g at the buckets, its min, avoidable compile
+        costs, du, logF of `cids`) for a group of `model` at `shape`."""
         lat = self.latency
         spec = self.models[model]
         btuple = spec.batch_buckets
-        buckets = self._bucket_array(btuple)
-        jmax = spec.max_batch
-        hit = self._g_buckets(model, shape, btuple, jmax)
+        hit = self._g_buckets(model, shape, btuple, spec.max_batch)
         comp = lat.avoidable_compile_costs(model, btuple, shape)
-        du, logF = lat.table(model, list(cids), float32=True)
-        slack = np.full((len(cids), jmax), -np.inf)
-        lens = np.zeros(len(cids), dtype=np.int64)
-        for row, lst in enumerate(lists):
-            head = lst[:jmax]
-            lens[row] = len(head)
-            slack[row, : len(head)] = [r.deadline_ms - now for r in head]
-        return _Group(model, shape, lists, logF, du, slack, lens, buckets, comp, hit[1], now,
-                      dists=[lat.dists[c] for c in cids], cids=tuple(cids), has_comp=bool(comp.any()),
-                      own=spec.answers_at_exit)
+        du, logF = lat.table(model, cids, float32=True)
+        return spec, self._bucket_array(btuple), spec.max_batch, hit[1], hit[2], comp, du, logF
 
     def _prepare(self, queue, model, shape, cids, now, drops):
         lat = self.latency
-        spec = self.models[model]
-        btuple = spec.batch_buckets
-        buckets = self._bucket_array(btuple)
-        jmax = spec.max_batch
-        hit = self._g_buckets(model, shape, btuple, jmax)
-        gb, gmin = hit[1], hit[2]
-        comp = lat.avoidable_compile_costs(model, btuple, shape)
-        du, logF = lat.table(model, cids, float32=True)
+        spec, buckets, jmax, gb, gmin, comp, du, logF = self._context(model, shape, cids)
         # Per class, the slack below which even a lone run has P(on time) < threshold,
         # exactly: F(u) >= thr iff u >= the thr-quantile of the class's samples.
         has_comp = bool(comp.any())
@@ -369,12 +372,7 @@ class Orloj(Policy):
             return _Group(model, shape, [], logF, du, np.zeros((0, 0)), np.zeros(0), buckets, comp, gb), cold_head
         if not keep:
             return None, None
-        slack = np.full((len(keep), jmax), -np.inf)
-        lens = np.zeros(len(keep), dtype=np.int64)
-        for row, lst in enumerate(lists):
-            head = lst[:jmax]
-            lens[row] = len(head)
-            slack[row, : len(head)] = [r.deadline_ms - now for r in head]
+        slack, lens = _slacks(lists, jmax, now)
         dists = [lat.dists[cids[i]] for i in keep]
         kept = tuple(cids[i] for i in keep)
         return _Group(model, shape, lists, logF[keep], du, slack, lens, buckets, comp, gb, now, dists=dists, cids=kept, has_comp=has_comp, own=spec.answers_at_exit, table=(tuple(cids), logF)), None
