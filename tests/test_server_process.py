@@ -85,7 +85,9 @@ def refused(url: str, timeout_s: float = 5.0) -> bool:
     while time.monotonic() < deadline:
         try:
             httpx.get(f"{url}/health/live", timeout=1)
-        except httpx.ConnectError:
+        except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+            # refused, or accepted in the instant the listener closed and then reset
+            # unanswered: either way the server no longer serves new connections
             return True
         time.sleep(0.02)
     return False
