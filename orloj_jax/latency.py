@@ -107,7 +107,10 @@ class _Scaling:
 
     def _g_many(self, bs: list[int]) -> list[float]:
         """g at each b from the ratios measured so far (see `_fill`)."""
-        return self._fill({b: self.sums[b] / len(q) for b, q in self.ratios.items()}, bs)
+        return self._fill(self._current_means(), bs)
+
+    def _current_means(self) -> dict[int, float]:
+        return {b: self.sums[b] / len(q) for b, q in self.ratios.items()}
 
     def _fill(self, means: dict[int, float], bs) -> list[float]:
         """g at each b: the measured mean where b was measured, else a line through the
@@ -132,8 +135,7 @@ class _Scaling:
     def _refresh(self, max_b: int) -> None:
         """Take in the new ratios once they are enough (see `add`), or for a longer vec."""
         if self._stale or self._size <= max_b:
-            ratios, sums = self.ratios, self.sums
-            self._means = {b: sums[b] / len(q) for b, q in ratios.items()}
+            self._means = self._current_means()
             self._size = max_b + 1
             self._vec = None
             self._at = {}

@@ -74,6 +74,26 @@ def count_vectors(c: int, max_b: int) -> np.ndarray:
     return np.asarray(rows, dtype=np.int64).reshape(-1, c)
 
 
+def _expected_max(logF: np.ndarray, du: float, counts: np.ndarray) -> np.ndarray:
+    """E[max member solo time] of count vectors [V, C]: the integral of 1 - prod_c F_c^n_c."""
+    k = logF.shape[1]
+    fmax = np.exp(counts.astype(np.float32) @ logF)  # [V, K]  CDF of the max member
+    return du * ((k - 1) - fmax.sum(1) + 0.5 * (fmax[:, 0] + fmax[:, -1]))  # trapezoid
+
+
+def _batch_time(b: np.ndarray, emax: np.ndarray, gb: np.ndarray, comp: np.ndarray, buckets: np.ndarray,
+                has_comp: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(expected time, bucket index) of batches of b members with E[max] emax: the smallest
+    bucket that fits when all are warm, else the bucket with the least compile + g x E[max]."""
+    if not has_comp:
+        bi = np.searchsorted(buckets, b)
+        return gb[bi] * emax, bi
+    t_opt = comp[None, :] + gb[None, :] * emax[:, None]  # [V, nb]
+    t_opt[buckets[None, :] < b[:, None]] = np.inf
+    bi = t_opt.argmin(1)
+    return t_opt[np.arange(len(b)), bi], bi
+
+
 def _slacks(lists, jmax: int, now: float) -> tuple[np.ndarray, np.ndarray]:
     """Per class c, the slack of its first <= jmax requests (-inf beyond), and how many."""
     slack = np.full((len(lists), jmax), -np.inf)
@@ -131,20 +151,12 @@ class _Group:
         if not keep:
             return None
         lists = [self.lists[c][skip[c] :] for c in keep]
-        j = self.slack.shape[1]
-        slack = np.full((len(keep), j), -np.inf)
-        lens = np.zeros(len(keep), dtype=np.int64)
-        for row, lst in enumerate(lists):
-            head = lst[:j]
-            lens[row] = len(head)
-            slack[row, : len(head)] = [r.deadline_ms - self.now for r in head]
+        slack, lens = _slacks(lists, self.slack.shape[1], self.now)
         return _Group(self.model, self.shape, lists, self.logF[keep], self.du, slack, lens, self.buckets, self.comp, self.gb, self.now, dists=[self.dists[c] for c in keep], cids=tuple(self.cids[c] for c in keep), has_comp=self.has_comp, own=self.own)
 
     def expected_max(self, counts: np.ndarray) -> np.ndarray:
         """E[max member solo time] of count vectors [V, C]: the integral of 1 - prod_c F_c^n_c."""
-        k = self.logF.shape[1]
-        fmax = np.exp(counts.astype(np.float32) @ self.logF)  # [V, K]  CDF of the max member
-        return self.du * ((k - 1) - fmax.sum(1) + 0.5 * (fmax[:, 0] + fmax[:, -1]))  # trapezoid
+        return _expected_max(self.logF, self.du, counts)
 
     def evaluate(self, counts: np.ndarray, emax: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Score count vectors [V, C] -> (score, expected on-time, expected time, bucket index)."""
@@ -154,14 +166,7 @@ class _Group:
             emax = self.expected_max(counts)
         if self.has_comp is None:
             self.has_comp = bool(self.comp.any())
-        if not self.has_comp:
-            bi = np.searchsorted(self.buckets, b)  # all warm: the smallest bucket that fits
-            t = self.gb[bi] * emax
-        else:
-            t_opt = self.comp[None, :] + self.gb[None, :] * emax[:, None]  # [V, nb]
-            t_opt[self.buckets[None, :] < b[:, None]] = np.inf
-            bi = t_opt.argmin(1)
-            t = t_opt[np.arange(v), bi]
+        t, bi = _batch_time(b, emax, self.gb, self.comp, self.buckets, self.has_comp)
         member = np.arange(self.slack.shape[1])[None, None, :] < counts[:, :, None]  # [V, C, J]
         lfx = self.log_cdf_at_members()  # [C', nb, C, J]
         if self.own:
@@ -308,10 +313,8 @@ class Orloj(Policy):
             lim = floor() if floor is not None else None
             if lim is not None:
                 # No side effects here (no drops), so any group may be pruned.
-                btuple = spec.batch_buckets
-                du, logF = lat.table(model, dist_cids, float32=True)
-                bound = self._bound(model, s_run, tuple(dist_cids), logF, du, self._g_buckets(model, s_run, btuple, jmax)[1],
-                                    lat.avoidable_compile_costs(model, btuple, s_run), self._bucket_array(btuple), total)
+                _, buckets, _, gb, _, comp, du, logF = self._context(model, s_run, dist_cids)
+                bound = self._bound(model, s_run, tuple(dist_cids), logF, du, gb, comp, buckets, total)
                 if bound is not None and bound * _BOUND_MARGIN < lim:
                     continue
             lists = [list(heapq.merge(*inside, key=lambda r: r.deadline_ms))[:window] for inside in parts_in]
@@ -335,10 +338,10 @@ class Orloj(Policy):
         lat = self.latency
         spec = self.models[model]
         btuple = spec.batch_buckets
-        hit = self._g_buckets(model, shape, btuple, spec.max_batch)
+        gb, gmin = self._g_buckets(model, shape, btuple, spec.max_batch)
         comp = lat.avoidable_compile_costs(model, btuple, shape)
         du, logF = lat.table(model, cids, float32=True)
-        return spec, self._bucket_array(btuple), spec.max_batch, hit[1], hit[2], comp, du, logF
+        return spec, self._bucket_array(btuple), spec.max_batch, gb, gmin, comp, du, logF
 
     def _prepare(self, queue, model, shape, cids, now, drops):
         lat = self.latency
@@ -432,16 +435,8 @@ class Orloj(Policy):
             tab = None
             if c and math.comb(max_b + c, c) - 1 <= self.config.exhaustive_limit:
                 allv = count_vectors(c, max_b)
-                k = logF.shape[1]
-                fmax = np.exp(allv.astype(np.float32) @ logF)
-                emax = du * ((k - 1) - fmax.sum(1) + 0.5 * (fmax[:, 0] + fmax[:, -1]))
                 b = allv.sum(1)
-                if not comp.any():
-                    t = gb[np.searchsorted(buckets, b)] * emax
-                else:
-                    t_opt = comp[None, :] + gb[None, :] * emax[:, None]
-                    t_opt[buckets[None, :] < b[:, None]] = np.inf
-                    t = t_opt.min(1)
+                t, _ = _batch_time(b, _expected_max(logF, du, allv), gb, comp, buckets, bool(comp.any()))
                 if np.all(np.isfinite(t)) and np.all(t > 0):
                     per = np.full(max_b + 1, -np.inf)
                     np.maximum.at(per, b, b / t)
@@ -466,14 +461,14 @@ class Orloj(Policy):
                 return True
         return False
 
-    def _g_buckets(self, model, shape, btuple, jmax) -> tuple:
-        """(g at each batch bucket, that array, its min): `g_vec(jmax)[buckets]`, re-read
-        only when the latency model refreshed g (`g_at` returns a new array then)."""
+    def _g_buckets(self, model, shape, btuple, jmax) -> tuple[np.ndarray, float]:
+        """(g at each batch bucket, its min): `g_vec(jmax)[buckets]`; the min is taken
+        again only when the latency model refreshed g (`g_at` returns a new array then)."""
         gb = self.latency.g_at(model, btuple, jmax, shape)
         key = (model, shape, btuple)
         hit = self._gb_cache.get(key)
         if hit is None or hit[0] is not gb:
-            hit = self._gb_cache[key] = (gb, gb, float(gb.min()))
+            hit = self._gb_cache[key] = (gb, float(gb.min()))
         return hit
 
     def _model_weight(self, model: str) -> float:
