@@ -280,6 +280,7 @@ class ProfiledWorkload:
         rng = np.random.default_rng([seed, 7])
         self.capacity_rps = self._capacity(rng, batches_per_shape)
         self.profile_g = self._profile_g(rng)
+        self._padded: dict[tuple[int, int], dict[int, float] | None] = {}
 
     def _capacity(self, rng: np.random.Generator, batches_per_shape: int) -> float:
         """Static batching at the max batch, per shape bucket, mixed by the inputs' shares."""
@@ -327,6 +328,14 @@ class ProfiledWorkload:
         lat.mark_all_warm(self.model)  # the engine warms every shape before serving
         return lat
 
+    def _padded_times(self, shape_bucket: int, exit_stage: int) -> dict[int, float] | None:
+        """A member's true solo time at each larger shape bucket (what the oracle pads with)."""
+        key = (shape_bucket, exit_stage)
+        if key not in self._padded:
+            larger = {int(s): self.device.solo_ms(int(s), exit_stage) for s in self.spec.shape_buckets if s > shape_bucket}
+            self._padded[key] = larger or None
+        return self._padded[key]
+
     def simulate(self, arrivals: np.ndarray, idx: np.ndarray, slo_ms: float, policy) -> dict:
         """Requests arriving at `arrivals`, request i being sampled input idx[i]."""
         return self.simulate_inputs(arrivals, self.sizes[idx], self.exits[idx], slo_ms, policy)
@@ -341,7 +350,7 @@ class ProfiledWorkload:
 
         shapes = [self.spec.shape_bucket(int(z)) for z in sizes]
         reqs = [Request(self.model, self.tag, float(a), float(a) + slo_ms, size=int(z), payload=int(e),
-                        true_ms=self.device.solo_ms(sb, int(e)))
+                        true_ms=self.device.solo_ms(sb, int(e)), true_ms_at=self._padded_times(sb, int(e)))
                 for a, z, e, sb in zip(arrivals, sizes, exits, shapes, strict=True)]
         lat = latency if latency is not None else self.latency_model()
         sched = Scheduler(policy, [self.spec], lat, SchedulerConfig(max_queue=1_000_000))

@@ -53,7 +53,9 @@ class Request:
     `size` is the request's shape feature (token length for text, 0 when the
     model has a single shape); the scheduler maps it to a shape bucket.
     `true_ms` is the request's real solo execution time, known only to the
-    simulator's emulated executor and to the `oracle` reference policy.
+    simulator's emulated executor and to the `oracle` reference policy;
+    `true_ms_at` its true solo time when padded into a larger shape bucket
+    ({shape bucket: ms}), where the workload knows it (profiled devices).
     """
 
     model: str
@@ -63,6 +65,7 @@ class Request:
     size: int = 0
     payload: Any = None
     true_ms: float | None = None
+    true_ms_at: dict[int, float] | None = None
     id: int = field(default_factory=lambda: next(_ids))
     # filled by the scheduler
     shape_bucket: int = 0

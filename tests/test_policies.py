@@ -733,3 +733,43 @@ def test_orloj_pads_smaller_shapes_into_a_larger_one(pad):
         assert s.latency.dist(M, "a", 32).n == 23 and s.latency.dist(M, "a", 16).n == 20
     else:
         assert {r.shape_bucket for r in out.batch.requests} == {16} and len(out.batch.requests) == 2
+
+
+def _oracle(spec: ModelSpec, classes: dict) -> Scheduler:
+    """`_sched`'s set-up (flat g, all warm) with the oracle policy."""
+    s = _sched(spec, classes)
+    return Scheduler(make_policy("oracle"), [spec], s.latency)
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_oracle_counts_members_at_their_own_exit(early):
+    """Flat g, warm. fast: true 10, deadline 11; slow: true 12, deadline 30. In one batch
+    (12 ms) fast is late unless it is answered at its own exit (10 ms): then the pair
+    scores 2/12 > fast alone 1/10, as orloj's own-exit rule would pick."""
+    spec = ModelSpec(M, (1, 2), answers_at_exit=early)
+    s = _oracle(spec, {("fast", 0): [10.0] * 20, ("slow", 0): [12.0] * 20})
+    fast, slow = req("fast", deadline=11.0, true_ms=10.0), req("slow", deadline=30.0, true_ms=12.0)
+    add_all(s, [fast, slow])
+    b = s.next_batch(0.0).batch
+    if early:
+        assert set(b.requests) == {fast, slow} and b.info["score"] == pytest.approx(2 / 12)
+    else:
+        assert b.requests == [fast] and b.info["score"] == pytest.approx(1 / 10)
+
+
+@pytest.mark.parametrize("known", [False, True])
+def test_oracle_pads_smaller_shapes_at_their_true_time_there(known):
+    """Shapes (16, 32), flat g, warm. small (shape 16): true 18, 19 at shape 32, deadline
+    30; big (shape 32): true 20, deadline 40. Padded into shape 32 the pair takes 20 ms,
+    both on time: 2/20 beats small alone (1/18). Without a true time at 32 the small
+    request is not padded, and runs alone."""
+    spec = ModelSpec(M, (1, 2), (16, 32))
+    s = _oracle(spec, {("a", 16): [18.0] * 20, ("a", 32): [20.0] * 20})
+    small = Request(M, "a", 0.0, 30.0, size=10, true_ms=18.0, true_ms_at={32: 19.0} if known else None)
+    big = req(size=30, deadline=40.0, true_ms=20.0)
+    add_all(s, [small, big])
+    b = s.next_batch(0.0).batch
+    if known:
+        assert set(b.requests) == {small, big} and b.shape_bucket == 32 and b.predicted_ms == pytest.approx(20.0)
+    else:
+        assert b.requests == [small] and b.shape_bucket == 16

@@ -10,6 +10,15 @@ maximises, optimised exactly, over a pool that contains every batch orloj
 can form (the most urgent `max_batch` survivors of each class) plus more.
 Its drop rule is orloj's with exact knowledge: a request that cannot finish
 on time even alone is dropped.
+
+It searches what `orloj` searches on dynamic models too:
+- a model whose members are answered at their own exit
+  (`ModelSpec.answers_at_exit`) counts member i on time iff
+  compile(B) + g(B) * x_i meets its deadline (x_i its own true time), not the
+  slowest member's;
+- smaller shape buckets pad into a larger queued one (orloj's `pad_shapes`),
+  with each padded member's true time at the run shape (`Request.true_ms_at`);
+  a request without one is not padded.
 """
 
 from __future__ import annotations
@@ -39,11 +48,16 @@ class Oracle(Policy):
         drops, best = [], None
         for model in queue.models():
             spec = self.models[model]
-            groups: dict[int, list] = {}
+            kept: dict[int, list] = {}  # shape -> survivors (the pool's candidates at their own shape)
             for lst in queue.classes(model).values():
-                groups.setdefault(lst[0].shape_bucket, []).append(lst)
-            for shape, lists in groups.items():
-                cand = self._group(model, spec, shape, lists, now, drops)
+                shape = lst[0].shape_bucket
+                kept.setdefault(shape, []).extend(self._survivors(model, spec, shape, lst, now, drops))
+            shapes = sorted(kept)
+            for si, shape in enumerate(shapes):
+                pool = [(r, r.true_ms) for r in kept[shape]]
+                for small in shapes[:si]:  # pad smaller shapes into this one where their time here is known
+                    pool += [(r, r.true_ms_at[shape]) for r in kept[small] if r.true_ms_at and shape in r.true_ms_at]
+                cand = self._group(model, spec, shape, pool, now)
                 if cand is not None and (best is None or cand[0] > best[0]):
                     best = cand
         if best is None:
@@ -51,30 +65,41 @@ class Oracle(Policy):
         best[1].drops = drops
         return best[1]
 
-    def _group(self, model, spec, shape, lists, now, drops):
-        lat = self.latency
+    def _tables(self, model, spec, shape):
         buckets = np.asarray(spec.batch_buckets)
-        gb = lat.g_vec(model, spec.max_batch, shape)[buckets]
-        comp = lat.avoidable_compile_costs(model, buckets, shape)
-        pool = []
-        for lst in lists:
-            kept = 0
-            for r in lst:
-                if r.true_ms is None:
-                    raise ValueError(f"oracle needs each request's true time; request {r.id} has none")
-                if now + float(np.min(comp + gb * r.true_ms)) > r.deadline_ms:
-                    drops.append((r, Outcome.DROPPED, "deadline_unmeetable"))
-                    continue
-                pool.append(r)
-                kept += 1
-                if kept == self.config.pool_per_class:
-                    break
+        gb = self.latency.g_vec(model, spec.max_batch, shape)[buckets]
+        comp = self.latency.avoidable_compile_costs(model, buckets, shape)
+        return buckets, gb, comp
+
+    def _survivors(self, model, spec, shape, lst, now, drops) -> list:
+        """The class's first `pool_per_class` requests that can finish on time alone at
+        their own shape; those before them that cannot are dropped."""
+        _, gb, comp = self._tables(model, spec, shape)
+        out = []
+        for r in lst:
+            if r.true_ms is None:
+                raise ValueError(f"oracle needs each request's true time; request {r.id} has none")
+            if now + float(np.min(comp + gb * r.true_ms)) > r.deadline_ms:
+                drops.append((r, Outcome.DROPPED, "deadline_unmeetable"))
+                continue
+            out.append(r)
+            if len(out) == self.config.pool_per_class:
+                break
+        return out
+
+    def _group(self, model, spec, shape, pool, now):
         if not pool:
             return None
-        x = np.array([r.true_ms for r in pool])  # [P]
-        d = np.array([r.deadline_ms for r in pool])  # [P]
+        buckets, gb, comp = self._tables(model, spec, shape)
+        x = np.array([t for _, t in pool])  # [P] true times at this shape
+        d = np.array([r.deadline_ms for r, _ in pool])  # [P]
         t = comp[None, :] + gb[None, :] * x[:, None]  # [P(slowest), nb]
-        elig = (x[None, None, :] <= x[:, None, None]) & (d[None, None, :] >= now + t[:, :, None])  # [P, nb, P]
+        if spec.answers_at_exit:
+            # member i is answered at its own exit: on time iff its own time fits
+            fits = d[:, None] >= now + t  # [P(member), nb]
+            elig = (x[None, None, :] <= x[:, None, None]) & fits.T[None, :, :]  # [P, nb, P]
+        else:
+            elig = (x[None, None, :] <= x[:, None, None]) & (d[None, None, :] >= now + t[:, :, None])  # [P, nb, P]
         n = np.minimum(elig.sum(2), buckets[None, :])
         n = np.where(d[:, None] >= now + t, n, 0)  # the slowest member itself must be on time
         score = n / t
@@ -83,7 +108,7 @@ class Oracle(Policy):
             return None
         others = [i for i in np.flatnonzero(elig[m, bi]) if i != m]
         others.sort(key=lambda i: d[i])
-        members = [pool[m]] + [pool[i] for i in others[: int(n[m, bi]) - 1]]
+        members = [pool[m][0]] + [pool[i][0] for i in others[: int(n[m, bi]) - 1]]
         members.sort(key=lambda r: r.deadline_ms)
         bucket = int(buckets[bi])  # the bucket that was scored (a warm larger one may beat a cold exact one)
         tt = float(comp[bi] + gb[bi] * x[m])
