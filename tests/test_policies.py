@@ -679,7 +679,7 @@ def test_registry_names_and_errors():
         make_policy("nope")
     with pytest.raises(
         ValueError,
-        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit', 'weigh_models', 'pad_shapes'\]",
+        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit', 'weigh_models', 'pad_shapes', 'fair_share', 'fair_halflife_ms'\]",
     ):
         make_policy("orloj", bogus=1)
     p = make_policy("static", config=StaticConfig(max_batch_size=4), max_queue_delay_us=5.0)
@@ -690,6 +690,8 @@ def test_registry_names_and_errors():
         "exhaustive_limit": 600,
         "weigh_models": True,
         "pad_shapes": True,
+        "fair_share": True,
+        "fair_halflife_ms": 10_000.0,
     }
 
 
@@ -773,3 +775,30 @@ def test_oracle_pads_smaller_shapes_at_their_true_time_there(known):
         assert set(b.requests) == {small, big} and b.shape_bucket == 32 and b.predicted_ms == pytest.approx(20.0)
     else:
         assert b.requests == [small] and b.shape_bucket == 16
+
+
+@pytest.mark.parametrize("slow_rate, runs", [(0.2, "s"), (1.0, "f"), (None, "f")])
+def test_orloj_fair_share_runs_an_under_served_model_at_risk_first(slow_rate, runs):
+    """Two models, flat g, warm. f: solo 10 ms, two queued (weighted score 2 x 10 / 10 =
+    2); s: solo 100 ms, one queued with slack 105 (score 1 x 100 / 100 = 1). f's batch
+    wins, but while it runs (10 ms) s's request falls under its own batch time (100
+    ms). With s's recent finish rate (0.2) below f's (1.0), s runs first; with equal
+    rates (1.0), or with fair_share off (None), f's batch runs."""
+    specs = [ModelSpec("f", (1, 2)), ModelSpec("s", (1, 2))]
+    lat = LatencyModel(LatencyConfig(grid_points=61))
+    for m, x in (("f", 10.0), ("s", 100.0)):
+        lat.seed(m, "a", np.full(20, x))
+        lat.seed_scaling(m, {1: 1.0, 2: 1.0})
+        lat.mark_all_warm(m)
+    s = Scheduler(make_policy("orloj", fair_share=slow_rate is not None), specs, lat)
+    pol = s.policy
+    for m, rate in (("f", 1.0), ("s", slow_rate or 1.0)):
+        history = [Request(m, "a", 0.0, 1e9) for _ in range(10)]
+        for r in history:
+            pol.on_arrival(r, 0.0)
+        for i, r in enumerate(history):
+            r.finish(Outcome.ON_TIME if i < 10 * rate else Outcome.LATE, 0.0)
+        pol.on_done(type("B", (), {"model": m, "requests": history})(), BatchResult(device_ms=1.0, solo_ms=np.ones(10)), 0.0)
+    add_all(s, [Request("f", "a", 0.0, 200.0), Request("f", "a", 0.0, 200.0), Request("s", "a", 0.0, 105.0)])
+    b = s.next_batch(0.0).batch
+    assert b.model == runs and len(b.requests) == (1 if runs == "s" else 2)

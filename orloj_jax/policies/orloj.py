@@ -52,12 +52,20 @@ class OrlojConfig:
     # (TF Serving's pad_variable_length_inputs, which `static` does by default). A
     # padded member is costed as a member of its tag's class at the run shape.
     pad_shapes: bool = True
+    # Several models on one device: a model whose recent finish rate (on-time answers
+    # over arrivals, decayed with this half-life) is below the winner's model's runs its
+    # best batch first when waiting for the winner would push its members under the drop
+    # threshold (docs/design.md, "Fair share").
+    fair_share: bool = True
+    fair_halflife_ms: float = 10_000.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.drop_threshold < 1.0:
             raise ValueError(f"drop_threshold must be in [0, 1), got {self.drop_threshold}")
         if self.exhaustive_limit < 0:
             raise ValueError(f"exhaustive_limit must be >= 0, got {self.exhaustive_limit}")
+        if not self.fair_halflife_ms > 0:
+            raise ValueError(f"fair_halflife_ms must be > 0, got {self.fair_halflife_ms}")
 
 
 @lru_cache(maxsize=64)
@@ -208,12 +216,58 @@ class Orloj(Policy):
         self._buckets: dict[tuple, np.ndarray] = {}
         self._gb_cache: dict[tuple, tuple] = {}
         self._bound_cache: dict[tuple, tuple] = {}
+        # per model [on-time answers, arrivals, time of the last update], decayed
+        self._share: dict[str, list[float]] = {m: [0.0, 0.0, 0.0] for m in models}
+
+    # -- fair share across models ----------------------------------------
+    def _decay(self, model: str, now: float) -> list[float]:
+        acc = self._share[model]
+        if now > acc[2]:
+            f = 0.5 ** ((now - acc[2]) / self.config.fair_halflife_ms)
+            acc[0] *= f
+            acc[1] *= f
+            acc[2] = now
+        return acc
+
+    def on_arrival(self, req: Request, now: float) -> None:
+        if len(self.models) > 1 and self.config.fair_share:
+            self._decay(req.model, now)[1] += 1.0
+
+    def on_done(self, batch, result, now: float) -> None:
+        if len(self.models) > 1 and self.config.fair_share:
+            self._decay(batch.model, now)[0] += sum(r.outcome is Outcome.ON_TIME for r in batch.requests)
+
+    def _service(self, model: str, now: float) -> float:
+        """The model's recent finish rate: on-time answers over arrivals, both decayed."""
+        ontime, offered, _ = self._decay(model, now)
+        return ontime / offered if offered > 0 else math.inf
+
+    def _fair_override(self, best: dict, winner: Decision, now: float) -> Decision | None:
+        """The best batch of a model whose recent finish rate is below the winner's
+        model's and that would lose members to the drop rule while the winner runs (the
+        lowest such model), or None."""
+        t_win = winner.predicted_ms
+        if t_win is None or not math.isfinite(t_win):
+            return None
+        ratio = {m: self._service(m, now) for m in best}
+        pick, low = None, ratio[winner.model]
+        for m, (_, d) in best.items():
+            if m == winner.model or ratio[m] >= low:
+                continue
+            spec = self.models[m]
+            gmin = self._g_buckets(m, d.shape_bucket, spec.batch_buckets, spec.max_batch)[1]
+            t_own = d.predicted_ms if d.predicted_ms is not None else 0.0
+            if any(r.deadline_ms - now - t_win < max(t_own, gmin * self._threshold_quantile(r.cls)) for r in d.batch):
+                pick, low = d, ratio[m]
+        return pick
 
 
     def select(self, queue, now: float) -> Decision:
         drops: list = []
         top: list = [None]  # [(weighted score, Decision)] of the best batch so far
         models = queue.models()
+        fair = self.config.fair_share and len(models) > 1
+        best: dict[str, tuple] = {}  # model -> its own best (weighted score, Decision), when fair
         for model in models:
             groups: dict[int, list[int]] = {}
             for cid in queue.classes(model):
@@ -224,19 +278,28 @@ class Orloj(Policy):
             weight = self._model_weight(model) if len(models) > 1 and self.config.weigh_models else 1.0
             # A group whose score bound (`_bound`) is below floor() cannot replace the best
             # batch (only a strictly greater score does), so it is not searched.
-            floor = _Floor(top, weight)
+            # With fair share on, each model's own best batch is needed (not only the
+            # overall best), so its groups are pruned against that.
+            mtop = [None] if fair else top
+            floor = _Floor(mtop, weight)
             survivors: dict[int, list[Request]] = {}
             for shape, cids in groups.items():
                 cand = self._group_decision(queue, model, shape, cids, now, drops, survivors, floor())
-                if cand is not None and (top[0] is None or weight * cand[0] > top[0][0]):
-                    top[0] = (weight * cand[0], cand[1])
+                if cand is not None and (mtop[0] is None or weight * cand[0] > mtop[0][0]):
+                    mtop[0] = (weight * cand[0], cand[1])
             if self.config.pad_shapes and len(groups) > 1:
                 for cand in self._padded_decisions(model, sorted(groups), survivors, now, floor):
-                    if top[0] is None or weight * cand[0] > top[0][0]:
-                        top[0] = (weight * cand[0], cand[1])
+                    if mtop[0] is None or weight * cand[0] > mtop[0][0]:
+                        mtop[0] = (weight * cand[0], cand[1])
+            if fair and mtop[0] is not None:
+                best[model] = mtop[0]
+                if top[0] is None or mtop[0][0] > top[0][0]:
+                    top[0] = mtop[0]
         if top[0] is None:
             return Decision(drops=drops)
         decision = top[0][1]
+        if fair and len(best) > 1:
+            decision = self._fair_override(best, decision, now) or decision
         decision.drops = drops
         return decision
 
