@@ -263,9 +263,11 @@ class Orloj(Policy):
         self._bound_cache: dict[tuple, tuple] = {}
         self._plan_cache: dict[tuple, tuple] = {}
         self._layouts: dict[tuple, _Layout] = {}
+        self._contexts: dict[tuple, tuple] = {}
 
 
     def select(self, queue, now: float) -> Decision:
+        self._contexts.clear()  # the latency model does not change during a decision
         decision = self._select(queue, now, defer=True)
         if decision is None:  # a deferred group found no batch after all: decide in order
             decision = self._select(queue, now, defer=False)
@@ -411,7 +413,7 @@ class Orloj(Policy):
             if not dist_cids:
                 continue
             # No side effects here (no drops), so any padded group may be pruned.
-            _, buckets, _, gb, _, comp, du, logF = self._context(model, s_run, dist_cids)
+            _, buckets, _, gb, _, comp, du, logF, _ = self._context(model, s_run, dist_cids)
             args = (model, s_run, tuple(dist_cids), logF, du, gb, comp, buckets, total)
             lists = _LazyMerge(parts_in, window)
             yield _Candidate(args, weight, best.next_order(), build=(model, s_run, dist_cids, lists, now))
@@ -419,31 +421,35 @@ class Orloj(Policy):
     def _build(self, model, shape, cids, lists, now) -> _Group:
         """A group whose class c has the requests lists[c] (most urgent first) and the
         distribution of latency class cids[c], run at `shape`."""
-        spec, buckets, jmax, gb, _, comp, du, logF = self._context(model, shape, list(cids))
+        spec, buckets, jmax, gb, _, comp, du, logF, has_comp = self._context(model, shape, cids)
         if isinstance(lists, _LazyMerge):
             lists = lists.lists()
         slack, lens = _slacks(lists, jmax, now)
         return _Group(model, shape, lists, logF, du, slack, lens, buckets, comp, gb, now,
-                      dists=[self.latency.dists[c] for c in cids], cids=tuple(cids), has_comp=bool(comp.any()),
+                      dists=[self.latency.dists[c] for c in cids], cids=tuple(cids), has_comp=has_comp,
                       own=spec.answers_at_exit)
 
     def _context(self, model, shape, cids) -> tuple:
         """(spec, bucket array, max batch, g at the buckets, its min, avoidable compile
-        costs, du, logF of `cids`) for a group of `model` at `shape`."""
-        lat = self.latency
-        spec = self.models[model]
-        btuple = spec.batch_buckets
-        gb, gmin = self._g_buckets(model, shape, btuple, spec.max_batch)
-        comp = lat.avoidable_compile_costs(model, btuple, shape)
-        du, logF = lat.table(model, cids, float32=True)
-        return spec, self._bucket_array(btuple), spec.max_batch, gb, gmin, comp, du, logF
+        costs, du, logF of `cids`, whether any compile cost is > 0) for a group of `model` at `shape` (kept for the
+        decision: `select` clears it)."""
+        key = (model, shape, *cids)
+        hit = self._contexts.get(key)
+        if hit is None:
+            lat = self.latency
+            spec = self.models[model]
+            btuple = spec.batch_buckets
+            gb, gmin = self._g_buckets(model, shape, btuple, spec.max_batch)
+            comp = lat.avoidable_compile_costs(model, btuple, shape)
+            du, logF = lat.table(model, cids, float32=True)
+            hit = self._contexts[key] = (spec, self._bucket_array(btuple), spec.max_batch, gb, gmin, comp, du, logF, bool(comp.any()))
+        return hit
 
     def _prepare(self, queue, model, shape, cids, now, drops):
         lat = self.latency
-        spec, buckets, jmax, gb, gmin, comp, du, logF = self._context(model, shape, cids)
+        spec, buckets, jmax, gb, gmin, comp, du, logF, has_comp = self._context(model, shape, cids)
         # Per class, the slack below which even a lone run has P(on time) < threshold,
         # exactly: F(u) >= thr iff u >= the thr-quantile of the class's samples.
-        has_comp = bool(comp.any())
         if has_comp:
             qthr = np.array([self._threshold_quantile(c) for c in cids])
             smin = (comp[None, :] + gb[None, :] * qthr[:, None]).min(1).tolist()
@@ -473,7 +479,8 @@ class Orloj(Policy):
         slack, lens = _slacks(lists, jmax, now)
         dists = [lat.dists[cids[i]] for i in keep]
         kept = tuple(cids[i] for i in keep)
-        return _Group(model, shape, lists, logF[keep], du, slack, lens, buckets, comp, gb, now, dists=dists, cids=kept, has_comp=has_comp, own=spec.answers_at_exit, table=(tuple(cids), logF)), None
+        rows = logF if len(keep) == len(cids) else logF[keep]
+        return _Group(model, shape, lists, rows, du, slack, lens, buckets, comp, gb, now, dists=dists, cids=kept, has_comp=has_comp, own=spec.answers_at_exit, table=(tuple(cids), logF)), None
 
     def _skip_riders(self, grp: _Group, found):
         """Don't let members with P(on time in this batch) < drop_threshold ride along.
@@ -534,7 +541,7 @@ class Orloj(Policy):
             if c and math.comb(max_b + c, c) - 1 <= self.config.exhaustive_limit:
                 allv = count_vectors(c, max_b)
                 b = allv.sum(1)
-                t, _ = _batch_time(b, _expected_max(logF, du, allv), gb, comp, buckets, bool(comp.any()))
+                t, _ = _batch_time(b, self._emax_of(model, shape, cids, logF, du, allv), gb, comp, buckets, bool(comp.any()))
                 if np.all(np.isfinite(t)) and np.all(t > 0):
                     per = np.full(max_b + 1, -np.inf)
                     np.maximum.at(per, b, b / t)
@@ -589,18 +596,24 @@ class Orloj(Policy):
         return hit[1]
 
     def _emax_all(self, grp: _Group, allv: np.ndarray) -> np.ndarray:
-        """E[max] of every count vector of the group's classes, cached until a class's CDF row changes.
+        """E[max] of every count vector of the group's classes (`_emax_of`)."""
+        return self._emax_of(grp.model, grp.shape, grp.cids, grp.logF, grp.du, allv)
 
-        It depends only on the classes' distributions, not on the queue, so most
-        decisions reuse it (the [V, K] exponential is the search's largest cost).
+    def _emax_of(self, model, shape, cids: tuple, logF, du, allv: np.ndarray) -> np.ndarray:
+        """E[max] of every count vector `allv` of the classes `cids` (logF their rows),
+        cached until a class's CDF row changes.
+
+        It depends only on the classes' distributions, not on the queue or g, so most
+        decisions reuse it (the [V, K] exponential is the search's largest cost), and
+        the score bound (`_bound`) shares it with the search.
         """
-        key = (grp.model, grp.shape, tuple(grp.cids), self.latency.table_version(grp.model, list(grp.cids)))
+        key = (model, shape, cids, self.latency.table_version(model, cids))
         cache = self._emax_cache
         val = cache.get(key)
         if val is None:
             if len(cache) > 256:
                 cache.clear()
-            val = cache[key] = grp.expected_max(allv)
+            val = cache[key] = _expected_max(logF, du, allv)
         return val
 
     def _search(self, grp: _Group):
