@@ -802,3 +802,37 @@ def test_orloj_fair_share_runs_an_under_served_model_at_risk_first(slow_rate, ru
     add_all(s, [Request("f", "a", 0.0, 200.0), Request("f", "a", 0.0, 200.0), Request("s", "a", 0.0, 105.0)])
     b = s.next_batch(0.0).batch
     assert b.model == runs and len(b.requests) == (1 if runs == "s" else 2)
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_orloj_best_first_search_decides_as_the_in_order_search(early):
+    """orloj searches the groups that may be pruned last, highest score bound first (so
+    that most of them are pruned); ties still go to the first group in the original
+    order, so on random multi-shape, multi-tag queues (40 seeds, two models half the
+    time) it decides exactly what the search in order decides: same batch, buckets
+    and drops."""
+    rng = np.random.default_rng(11)
+    shapes = (16, 32, 64, 128)
+    for _ in range(40):
+        models = ("m",) if rng.random() < 0.5 else ("m", "n")
+        specs = [ModelSpec(m, (1, 2, 4, 8), shapes, answers_at_exit=early) for m in models]
+        lat = LatencyModel(LatencyConfig(grid_points=64))
+        for m in models:
+            for tag, base in (("a", 5.0), ("b", 9.0)):
+                for sb in shapes:
+                    lat.seed(m, tag, rng.lognormal(math.log(base * (1 + sb / 128)), 0.3, 40), shape_bucket=sb)
+                    lat.seed_scaling(m, {b: 1.0 + 0.1 * (b - 1) for b in (1, 2, 4, 8)}, shape_bucket=sb)
+            lat.mark_all_warm(m)
+        s = Scheduler(make_policy("orloj"), specs, lat)
+        for _ in range(int(rng.integers(1, 40))):
+            m = models[int(rng.integers(len(models)))]
+            r = Request(m, "ab"[int(rng.integers(2))], 0.0, float(rng.uniform(3.0, 60.0)), size=int(rng.integers(1, 129)))
+            s.add(r, 0.0)
+        pol = s.policy
+        fast = pol._select(s.queue, 0.0, defer=True)
+        slow = pol._select(s.queue, 0.0, defer=False)
+        assert fast is not None
+        assert [r.id for r in fast.batch] == [r.id for r in slow.batch]
+        assert (fast.model, fast.batch_bucket, fast.shape_bucket) == (slow.model, slow.batch_bucket, slow.shape_bucket)
+        assert [(r.id, why) for r, _, why in fast.drops] == [(r.id, why) for r, _, why in slow.drops]
+        assert fast.info == slow.info

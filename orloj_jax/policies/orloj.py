@@ -104,13 +104,13 @@ def _batch_time(b: np.ndarray, emax: np.ndarray, gb: np.ndarray, comp: np.ndarra
 
 def _slacks(lists, jmax: int, now: float) -> tuple[np.ndarray, np.ndarray]:
     """Per class c, the slack of its first <= jmax requests (-inf beyond), and how many."""
-    slack = np.full((len(lists), jmax), -np.inf)
-    lens = np.zeros(len(lists), dtype=np.int64)
-    for row, lst in enumerate(lists):
-        head = lst[:jmax]
-        lens[row] = len(head)
-        slack[row, : len(head)] = [r.deadline_ms - now for r in head]
-    return slack, lens
+    rows, lens = [], []
+    pad = [-math.inf] * jmax
+    for lst in lists:
+        head = [r.deadline_ms - now for r in lst[:jmax]]
+        lens.append(len(head))
+        rows.append(head + pad[len(head):])
+    return np.array(rows, dtype=np.float64).reshape(len(lists), jmax), np.array(lens, dtype=np.int64)
 
 
 @dataclass
@@ -145,15 +145,25 @@ class _Group:
         instead of reading the coarse grid, which misjudges steep distributions.
         """
         if self._logfex is None:
-            u = (self.slack[None, :, :] - self.comp[:, None, None]) / self.gb[:, None, None]  # [nb, C, J]
-            out = np.empty((len(self.dists), *u.shape), dtype=np.float32)
+            if self.has_comp is None:
+                self.has_comp = bool(self.comp.any())
+            slack = self.slack[None, :, :]
+            if self.has_comp:
+                slack = slack - self.comp[:, None, None]
+            u = slack / self.gb[:, None, None]  # [nb, C, J]
             with np.errstate(divide="ignore"):
-                for i, d in enumerate(self.dists):
-                    out[i] = np.log(d.cdf(u))
+                if len(self.dists) == 1:
+                    s = self.dists[0].sorted()
+                    out = np.log(s.searchsorted(u, "right") / s.size).astype(np.float32)[None]
+                else:
+                    out = np.empty((len(self.dists), *u.shape), dtype=np.float32)
+                    for i, d in enumerate(self.dists):
+                        s = d.sorted()
+                        out[i] = np.log(s.searchsorted(u, "right") / s.size)
             self._logfex = np.maximum(out, LOG_ZERO, out=out)
         return self._logfex
 
-    def skip(self, skip: np.ndarray) -> _Group | None:
+    def skip(self, skip: list[int]) -> _Group | None:
         """The same group without the first skip[c] survivors of each class."""
         keep = [c for c, lst in enumerate(self.lists) if len(lst) > skip[c]]
         if not keep:
@@ -166,43 +176,86 @@ class _Group:
         """E[max member solo time] of count vectors [V, C]: the integral of 1 - prod_c F_c^n_c."""
         return _expected_max(self.logF, self.du, counts)
 
-    def evaluate(self, counts: np.ndarray, emax: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Score count vectors [V, C] -> (score, expected on-time, expected time, bucket index)."""
-        v, c = counts.shape
-        b = counts.sum(1)
+    def plan(self, counts: np.ndarray, emax: np.ndarray | None = None) -> _Plan:
+        """What scoring count vectors [V, C] needs besides the members' CDF values (`_Plan`)."""
         if emax is None:
             emax = self.expected_max(counts)
         if self.has_comp is None:
             self.has_comp = bool(self.comp.any())
-        t, bi = _batch_time(b, emax, self.gb, self.comp, self.buckets, self.has_comp)
-        member = np.arange(self.slack.shape[1])[None, None, :] < counts[:, :, None]  # [V, C, J]
+        return _Plan(counts, emax, self.gb, self.comp, self.buckets, self.has_comp, self.slack.shape[1], self.own)
+
+    def score(self, plan: _Plan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(score, expected on-time count, per-member P(on time) [V, C, J]) of a plan's candidates."""
         lfx = self.log_cdf_at_members()  # [C', nb, C, J]
+        bi = plan.bi
         if self.own:
             # Answered at its own exit: on time iff compile + g(B) x its own time <= its
             # slack, whatever the slower members do (they only keep the device busy).
-            own = lfx[np.arange(c), :, np.arange(c), :]  # [C, nb, J]
+            c = lfx.shape[2]
+            own = lfx[:, :, 0, :] if c == 1 else lfx[np.arange(c), :, np.arange(c), :]  # [C, nb, J]
             p = np.exp(own[:, bi, :]).transpose(1, 0, 2)  # [V, C, J]
-            ontime = np.einsum("vcj,vcj->v", p, member, dtype=np.float64)
-            self.last_p = (p, member)
-            return ontime / t, ontime, t, bi
-        # Answered when the batch ends: P(member on time) = prod_c' F_c'(u_member)^n_c',
-        # with exact CDFs at each member's limit.
-        cj = lfx.shape[2] * lfx.shape[3]
-        cf = counts.astype(np.float32)
-        nb = lfx.shape[1]
-        if v * nb > 512 and np.all(bi[1:] >= bi[:-1]):
-            # Many candidates, sorted by size, so each bucket is one contiguous block:
-            # one small matrix product per block instead of one over every bucket.
-            logp = np.empty((v, cj), dtype=np.float32)
-            edges = (np.flatnonzero(np.diff(bi)) + 1).tolist()
-            for lo, hi in zip([0, *edges], [*edges, v], strict=True):
-                np.matmul(cf[lo:hi], lfx[:, bi[lo]].reshape(-1, cj), out=logp[lo:hi])
-        else:  # few candidates: one product over every bucket, then each candidate's block
-            logp = (cf @ lfx.reshape(lfx.shape[0], -1)).reshape(v, nb, cj)[np.arange(v), bi]
-        p = np.exp(logp).reshape(v, c, -1)
-        ontime = np.einsum("vcj,vcj->v", p, member, dtype=np.float64)
-        self.last_p = (p, member)  # per-member P of every candidate, for the rider check
-        return ontime / t, ontime, t, bi
+        else:
+            # Answered when the batch ends: P(member on time) = prod_c' F_c'(u_member)^n_c',
+            # with exact CDFs at each member's limit.
+            v, c = plan.cand.shape
+            cj = lfx.shape[2] * lfx.shape[3]
+            cf = plan.cf
+            if plan.blocks is not None:
+                # Many candidates, sorted by size, so each bucket is one contiguous block:
+                # one small matrix product per block instead of one over every bucket.
+                logp = np.empty((v, cj), dtype=np.float32)
+                for lo, hi, b in plan.blocks:
+                    np.matmul(cf[lo:hi], lfx[:, b].reshape(-1, cj), out=logp[lo:hi])
+            else:  # few candidates: one product over every bucket, then each candidate's block
+                logp = (cf @ lfx.reshape(lfx.shape[0], -1)).reshape(v, lfx.shape[1], cj)[plan.rows, bi]
+            p = np.exp(logp).reshape(v, c, -1)
+        ontime = np.einsum("vcj,vcj->v", p, plan.member, dtype=np.float64)
+        return ontime / plan.t, ontime, p
+
+    def evaluate(self, counts: np.ndarray, emax: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Score count vectors [V, C] -> (score, expected on-time, expected time, bucket index)."""
+        plan = self.plan(counts, emax)
+        score, ontime, p = self.score(plan)
+        self.last_p = (p, plan.member)  # per-member P of every candidate
+        return score, ontime, plan.t, plan.bi
+
+
+class _Plan:
+    """The part of scoring count vectors that does not depend on the members' slacks:
+    expected times and buckets, the member masks, and how the log-P products are laid
+    out. The exhaustive search caches it per (group classes, survivors per class) until
+    E[max], g or the compile costs change, and its count-vector part (`_Layout`) for good."""
+
+    __slots__ = ("bi", "blocks", "cand", "cf", "member", "rows", "t")
+
+    def __init__(self, counts, emax, gb, comp, buckets, has_comp: bool, jmax: int, own: bool, layout: _Layout | None = None):
+        if layout is None:
+            layout = _Layout(counts, jmax, own)
+        self.cand, self.member, self.cf, self.rows = layout.cand, layout.member, layout.cf, layout.rows
+        self.t, self.bi = _batch_time(layout.b, emax, gb, comp, buckets, has_comp)
+        self.blocks = None
+        v = len(counts)
+        if not own and v * len(gb) > 512:
+            bi = self.bi
+            if np.all(bi[1:] >= bi[:-1]):
+                edges = (np.flatnonzero(np.diff(bi)) + 1).tolist()
+                self.blocks = [(lo, hi, int(bi[lo])) for lo, hi in zip([0, *edges], [*edges, v], strict=True)]
+
+
+class _Layout:
+    """What a set of count vectors [V, C] alone determines: sizes, member masks [V, C, J],
+    float32 counts and the candidate index (the latter two for batch-end answers)."""
+
+    __slots__ = ("b", "cand", "cf", "member", "rows", "sel")
+
+    def __init__(self, counts, jmax: int, own: bool, sel: np.ndarray | None = None):
+        self.cand, self.sel = counts, sel
+        self.b = counts.sum(1)
+        self.member = np.arange(jmax)[None, None, :] < counts[:, :, None]  # [V, C, J]
+        self.cf = self.rows = None
+        if not own:
+            self.cf = counts.astype(np.float32)
+            self.rows = np.arange(len(counts))
 
 
 @register("orloj")
@@ -216,6 +269,9 @@ class Orloj(Policy):
         self._buckets: dict[tuple, np.ndarray] = {}
         self._gb_cache: dict[tuple, tuple] = {}
         self._bound_cache: dict[tuple, tuple] = {}
+        self._plan_cache: dict[tuple, tuple] = {}
+        self._layouts: dict[tuple, _Layout] = {}
+        self._contexts: dict[tuple, tuple] = {}
         # per model [on-time answers, arrivals, time of the last update], decayed
         self._share: dict[str, list[float]] = {m: [0.0, 0.0, 0.0] for m in models}
 
@@ -242,7 +298,7 @@ class Orloj(Policy):
         ontime, offered, _ = self._decay(model, now)
         return ontime / offered if offered > 0 else math.inf
 
-    def _fair_override(self, best: dict, winner: Decision, now: float) -> Decision | None:
+    def _fair_override(self, best: dict[str, Decision], winner: Decision, now: float) -> Decision | None:
         """The best batch of a model whose recent finish rate is below the winner's
         model's and that would lose members to the drop rule while the winner runs (the
         lowest such model), or None."""
@@ -251,7 +307,7 @@ class Orloj(Policy):
             return None
         ratio = {m: self._service(m, now) for m in best}
         pick, low = None, ratio[winner.model]
-        for m, (_, d) in best.items():
+        for m, d in best.items():
             if m == winner.model or ratio[m] >= low:
                 continue
             spec = self.models[m]
@@ -263,11 +319,36 @@ class Orloj(Policy):
 
 
     def select(self, queue, now: float) -> Decision:
+        self._contexts.clear()  # the latency model does not change during a decision
+        decision = self._select(queue, now, defer=True)
+        if decision is None:  # a deferred group found no batch after all: decide in order
+            decision = self._select(queue, now, defer=False)
+        return decision
+
+    def _select(self, queue, now: float, defer: bool) -> Decision | None:
+        """The best batch over every group of every model, and the drops.
+
+        The winner is the first group, in (model, own shapes, padded shapes) order, with
+        the highest weighted score: only a strictly greater score replaces the best so
+        far. Own-shape groups are prepared in that order (their drops are side effects).
+        A group whose search surely finds a batch and has no side effect (`_Candidate`)
+        may be pruned: when its score bound (`_bound`) is below the best score so far, it
+        cannot win. With `defer`, those groups are searched last, highest bound first, so
+        that a strong batch is found early and most of the others are pruned; ties are
+        still resolved by the original order, so the decision is the same as searching
+        in order (`defer=False`). None when a deferred group's search found no batch
+        after all (its survivors would have been dropped): the caller decides again in
+        order.
+        """
         drops: list = []
-        top: list = [None]  # [(weighted score, Decision)] of the best batch so far
+        best = _Best()
+        deferred: list[tuple[_Candidate, _Best]] = []
         models = queue.models()
+        # Fair share needs each model's own best batch, not only the overall best: then
+        # each model's groups are searched (and pruned) against its own best, and the
+        # overall best is the best of those (same order numbering, so the same ties).
         fair = self.config.fair_share and len(models) > 1
-        best: dict[str, tuple] = {}  # model -> its own best (weighted score, Decision), when fair
+        per_model: dict[str, _Best] = {}
         for model in models:
             groups: dict[int, list[int]] = {}
             for cid in queue.classes(model):
@@ -276,35 +357,56 @@ class Orloj(Policy):
             # cheap model's many completions do not starve an expensive one; within a
             # model every request counts the same.
             weight = self._model_weight(model) if len(models) > 1 and self.config.weigh_models else 1.0
-            # A group whose score bound (`_bound`) is below floor() cannot replace the best
-            # batch (only a strictly greater score does), so it is not searched.
-            # With fair share on, each model's own best batch is needed (not only the
-            # overall best), so its groups are pruned against that.
-            mtop = [None] if fair else top
-            floor = _Floor(mtop, weight)
+            mbest = per_model[model] = _Best(best) if fair else best
+            mdeferred: list[_Candidate] = []
             survivors: dict[int, list[Request]] = {}
             for shape, cids in groups.items():
-                cand = self._group_decision(queue, model, shape, cids, now, drops, survivors, floor())
-                if cand is not None and (mtop[0] is None or weight * cand[0] > mtop[0][0]):
-                    mtop[0] = (weight * cand[0], cand[1])
+                cand = self._group_decision(queue, model, shape, cids, now, drops, survivors, mbest, weight, mdeferred if defer else None)
+                if cand is not None:
+                    mbest.offer(weight * cand[0], mbest.next_order(), cand[1])
             if self.config.pad_shapes and len(groups) > 1:
-                for cand in self._padded_decisions(model, sorted(groups), survivors, now, floor):
-                    if mtop[0] is None or weight * cand[0] > mtop[0][0]:
-                        mtop[0] = (weight * cand[0], cand[1])
-            if fair and mtop[0] is not None:
-                best[model] = mtop[0]
-                if top[0] is None or mtop[0][0] > top[0][0]:
-                    top[0] = mtop[0]
-        if top[0] is None:
+                for cand in self._padded_groups(model, sorted(groups), survivors, now, weight, mbest):
+                    if defer:
+                        mdeferred.append(cand)
+                    else:
+                        self._search_candidate(cand, mbest)
+            deferred.extend((c, mbest) for c in mdeferred)
+        if len(deferred) > 1:  # highest bound first (none: unbounded), ties in the original order
+            deferred.sort(key=lambda cb: (-cb[0].rank(self), cb[0].order))
+        for cand, mbest in deferred:
+            if not self._search_candidate(cand, mbest):
+                return None
+        if fair:
+            for mbest in per_model.values():
+                if mbest.decision is not None:
+                    best.offer(mbest.score, mbest.order, mbest.decision)
+        if best.decision is None:
             return Decision(drops=drops)
-        decision = top[0][1]
-        if fair and len(best) > 1:
-            decision = self._fair_override(best, decision, now) or decision
+        decision = best.decision
+        if fair:
+            own = {m: b.decision for m, b in per_model.items() if b.decision is not None}
+            if len(own) > 1:
+                decision = self._fair_override(own, decision, now) or decision
         decision.drops = drops
         return decision
 
+    def _search_candidate(self, cand: _Candidate, best: _Best) -> bool:
+        """Search a group unless its bound says it cannot beat `best`; offer what it finds.
+        False when an own-shape group found no batch (see `_select`)."""
+        if best.decision is not None:
+            bound = cand.bound(self)
+            if bound is not None and best.pruned(bound, cand.weight):
+                return True
+        grp = cand.group if cand.group is not None else self._build(*cand.build)
+        found = self._search(grp)
+        if found is None:
+            return cand.group is None  # a padded group has no side effect
+        score, decision = self._decide(grp, found)
+        best.offer(cand.weight * score, cand.order, decision)
+        return True
+
     # -- one group -------------------------------------------------------
-    def _group_decision(self, queue, model, shape, cids, now, drops, survivors=None, floor=None) -> tuple[float, Decision] | None:
+    def _group_decision(self, queue, model, shape, cids, now, drops, survivors, best, weight, deferred) -> tuple[float, Decision] | None:
         grp, cold_head = self._prepare(queue, model, shape, cids, now, drops)
         if survivors is not None and grp is not None and cold_head is None:
             survivors.update(zip(grp.cids, grp.lists, strict=True))
@@ -314,12 +416,16 @@ class Orloj(Policy):
             return math.inf, Decision(model, [cold_head], int(grp.buckets[bi]), shape, info={"cold_class": True})
         if grp is None:
             return None
-        if floor is not None and not grp.has_comp and self._has_chance(grp):
-            # Pruned only when the search would find a batch: one that finds none
-            # answers the group's survivors at once (below).
-            bound = self._bound(model, shape, grp.table[0], grp.table[1], grp.du, grp.gb, grp.comp, grp.buckets, int(grp.lens.sum()))
-            if bound is not None and bound * _BOUND_MARGIN < floor:
-                return None
+        if not grp.has_comp and self._has_chance(grp):
+            # May be pruned or deferred only when the search would find a batch: one that
+            # finds none answers the group's survivors at once (below).
+            args = (model, shape, grp.table[0], grp.table[1], grp.du, grp.gb, grp.comp, grp.buckets, int(grp.lens.sum()))
+            cand = _Candidate(args, weight, best.next_order(), group=grp)
+            if deferred is not None:
+                deferred.append(cand)
+            elif not self._search_candidate(cand, best):  # in order: as it would have been searched
+                raise AssertionError("a group with a chance found no batch")
+            return None
         found = self._search(grp)
         if found is None:
             # No batch has any chance (possible only with drop_threshold 0):
@@ -340,8 +446,9 @@ class Orloj(Policy):
         shape = max(r.shape_bucket for r in batch)  # <= grp.shape: padded to its largest member
         return score, Decision(grp.model, batch, int(grp.buckets[bi]), shape, predicted_ms=t, info=info)
 
-    def _padded_decisions(self, model, shapes, survivors, now, floor=None):
-        """Best batches that pad smaller shape buckets into each larger queued one.
+    def _padded_groups(self, model, shapes, survivors, now, weight, best):
+        """Groups that pad smaller shape buckets into each larger queued one (`_Candidate`s,
+        built only if searched).
 
         For run shape S, a tag's candidates are its surviving requests of every
         shape <= S (merged by deadline), all costed with the tag's class at S: that
@@ -373,45 +480,44 @@ class Orloj(Policy):
                 total += min(sum(len(lst) for lst in inside), jmax)
             if not dist_cids:
                 continue
-            lim = floor() if floor is not None else None
-            if lim is not None:
-                # No side effects here (no drops), so any group may be pruned.
-                _, buckets, _, gb, _, comp, du, logF = self._context(model, s_run, dist_cids)
-                bound = self._bound(model, s_run, tuple(dist_cids), logF, du, gb, comp, buckets, total)
-                if bound is not None and bound * _BOUND_MARGIN < lim:
-                    continue
-            lists = [list(heapq.merge(*inside, key=lambda r: r.deadline_ms))[:window] for inside in parts_in]
-            grp = self._build(model, s_run, dist_cids, lists, now)
-            found = self._search(grp)
-            if found is not None:
-                yield self._decide(grp, found)
+            # No side effects here (no drops), so any padded group may be pruned.
+            _, buckets, _, gb, _, comp, du, logF, _ = self._context(model, s_run, dist_cids)
+            args = (model, s_run, tuple(dist_cids), logF, du, gb, comp, buckets, total)
+            lists = _LazyMerge(parts_in, window)
+            yield _Candidate(args, weight, best.next_order(), build=(model, s_run, dist_cids, lists, now))
 
     def _build(self, model, shape, cids, lists, now) -> _Group:
         """A group whose class c has the requests lists[c] (most urgent first) and the
         distribution of latency class cids[c], run at `shape`."""
-        spec, buckets, jmax, gb, _, comp, du, logF = self._context(model, shape, list(cids))
+        spec, buckets, jmax, gb, _, comp, du, logF, has_comp = self._context(model, shape, cids)
+        if isinstance(lists, _LazyMerge):
+            lists = lists.lists()
         slack, lens = _slacks(lists, jmax, now)
         return _Group(model, shape, lists, logF, du, slack, lens, buckets, comp, gb, now,
-                      dists=[self.latency.dists[c] for c in cids], cids=tuple(cids), has_comp=bool(comp.any()),
+                      dists=[self.latency.dists[c] for c in cids], cids=tuple(cids), has_comp=has_comp,
                       own=spec.answers_at_exit)
 
     def _context(self, model, shape, cids) -> tuple:
         """(spec, bucket array, max batch, g at the buckets, its min, avoidable compile
-        costs, du, logF of `cids`) for a group of `model` at `shape`."""
-        lat = self.latency
-        spec = self.models[model]
-        btuple = spec.batch_buckets
-        gb, gmin = self._g_buckets(model, shape, btuple, spec.max_batch)
-        comp = lat.avoidable_compile_costs(model, btuple, shape)
-        du, logF = lat.table(model, cids, float32=True)
-        return spec, self._bucket_array(btuple), spec.max_batch, gb, gmin, comp, du, logF
+        costs, du, logF of `cids`, whether any compile cost is > 0) for a group of `model` at `shape` (kept for the
+        decision: `select` clears it)."""
+        key = (model, shape, *cids)
+        hit = self._contexts.get(key)
+        if hit is None:
+            lat = self.latency
+            spec = self.models[model]
+            btuple = spec.batch_buckets
+            gb, gmin = self._g_buckets(model, shape, btuple, spec.max_batch)
+            comp = lat.avoidable_compile_costs(model, btuple, shape)
+            du, logF = lat.table(model, cids, float32=True)
+            hit = self._contexts[key] = (spec, self._bucket_array(btuple), spec.max_batch, gb, gmin, comp, du, logF, bool(comp.any()))
+        return hit
 
     def _prepare(self, queue, model, shape, cids, now, drops):
         lat = self.latency
-        spec, buckets, jmax, gb, gmin, comp, du, logF = self._context(model, shape, cids)
+        spec, buckets, jmax, gb, gmin, comp, du, logF, has_comp = self._context(model, shape, cids)
         # Per class, the slack below which even a lone run has P(on time) < threshold,
         # exactly: F(u) >= thr iff u >= the thr-quantile of the class's samples.
-        has_comp = bool(comp.any())
         if has_comp:
             qthr = np.array([self._threshold_quantile(c) for c in cids])
             smin = (comp[None, :] + gb[None, :] * qthr[:, None]).min(1).tolist()
@@ -441,7 +547,8 @@ class Orloj(Policy):
         slack, lens = _slacks(lists, jmax, now)
         dists = [lat.dists[cids[i]] for i in keep]
         kept = tuple(cids[i] for i in keep)
-        return _Group(model, shape, lists, logF[keep], du, slack, lens, buckets, comp, gb, now, dists=dists, cids=kept, has_comp=has_comp, own=spec.answers_at_exit, table=(tuple(cids), logF)), None
+        rows = logF if len(keep) == len(cids) else logF[keep]
+        return _Group(model, shape, lists, rows, du, slack, lens, buckets, comp, gb, now, dists=dists, cids=kept, has_comp=has_comp, own=spec.answers_at_exit, table=(tuple(cids), logF)), None
 
     def _skip_riders(self, grp: _Group, found):
         """Don't let members with P(on time in this batch) < drop_threshold ride along.
@@ -453,15 +560,18 @@ class Orloj(Policy):
         hopeless, as Nexus's sliding-window early drop does) and the search
         runs again on the rest.
         """
-        thr = self.config.drop_threshold
+        # best_p holds float32 values: compare them with the threshold as float32 does
+        thr = float(np.float32(self.config.drop_threshold))
         for _ in range(self.MAX_SKIP_ROUNDS):
-            counts = found[0]
-            p = grp.best_p  # [C, J]
-            skip = np.zeros(len(grp.lists), dtype=np.int64)
-            for c, n in enumerate(counts):
-                while skip[c] < n and p[c, skip[c]] < thr:
-                    skip[c] += 1
-            if not skip.any():
+            p = grp.best_p  # [C][J]
+            skip, any_skip = [], False
+            for pc, n in zip(p, found[0].tolist(), strict=True):
+                s = 0
+                while s < n and pc[s] < thr:
+                    s += 1
+                skip.append(s)
+                any_skip = any_skip or s > 0
+            if not any_skip:
                 break
             sub = grp.skip(skip)
             again = self._search(sub) if sub is not None else None
@@ -499,7 +609,7 @@ class Orloj(Policy):
             if c and math.comb(max_b + c, c) - 1 <= self.config.exhaustive_limit:
                 allv = count_vectors(c, max_b)
                 b = allv.sum(1)
-                t, _ = _batch_time(b, _expected_max(logF, du, allv), gb, comp, buckets, bool(comp.any()))
+                t, _ = _batch_time(b, self._emax_of(model, shape, cids, logF, du, allv), gb, comp, buckets, bool(comp.any()))
                 if np.all(np.isfinite(t)) and np.all(t > 0):
                     per = np.full(max_b + 1, -np.inf)
                     np.maximum.at(per, b, b / t)
@@ -554,18 +664,24 @@ class Orloj(Policy):
         return hit[1]
 
     def _emax_all(self, grp: _Group, allv: np.ndarray) -> np.ndarray:
-        """E[max] of every count vector of the group's classes, cached until a class's CDF row changes.
+        """E[max] of every count vector of the group's classes (`_emax_of`)."""
+        return self._emax_of(grp.model, grp.shape, grp.cids, grp.logF, grp.du, allv)
 
-        It depends only on the classes' distributions, not on the queue, so most
-        decisions reuse it (the [V, K] exponential is the search's largest cost).
+    def _emax_of(self, model, shape, cids: tuple, logF, du, allv: np.ndarray) -> np.ndarray:
+        """E[max] of every count vector `allv` of the classes `cids` (logF their rows),
+        cached until a class's CDF row changes.
+
+        It depends only on the classes' distributions, not on the queue or g, so most
+        decisions reuse it (the [V, K] exponential is the search's largest cost), and
+        the score bound (`_bound`) shares it with the search.
         """
-        key = (grp.model, grp.shape, tuple(grp.cids), self.latency.table_version(grp.model, list(grp.cids)))
+        key = (model, shape, cids, self.latency.table_version(model, cids))
         cache = self._emax_cache
         val = cache.get(key)
         if val is None:
             if len(cache) > 256:
                 cache.clear()
-            val = cache[key] = grp.expected_max(allv)
+            val = cache[key] = _expected_max(logF, du, allv)
         return val
 
     def _search(self, grp: _Group):
@@ -573,34 +689,105 @@ class Orloj(Policy):
         c = len(grp.lists)
         max_b = int(grp.buckets[-1])
         if math.comb(max_b + c, c) - 1 <= self.config.exhaustive_limit:
-            allv = count_vectors(c, max_b)
-            rows = np.flatnonzero((allv <= grp.lens[None, :]).all(1))
-            cand = allv[rows]
-            emax = self._emax_all(grp, allv)[rows]
+            plan = self._exhaustive_plan(grp, max_b)
         else:
-            cand = _greedy(grp, max_b)
-            emax = None
-        score, ontime, t, bi = grp.evaluate(cand, emax)
-        i = int(np.argmax(score))
+            plan = grp.plan(_greedy(grp, max_b))
+        score, ontime, p = grp.score(plan)
+        i = int(score.argmax())
         if score[i] <= 0:
             return None
-        p, member = grp.last_p
-        grp.best_p = p[i] * member[i]  # [C, J] P(on time) of the chosen batch's members
-        return cand[i], float(score[i]), float(ontime[i]), float(t[i]), int(bi[i])
+        grp.best_p = p[i].tolist()  # [C][J] P(on time) of the chosen batch's members (those j < n_c)
+        return plan.cand[i], float(score[i]), float(ontime[i]), float(plan.t[i]), int(plan.bi[i])
+
+    def _exhaustive_plan(self, grp: _Group, max_b: int) -> _Plan:
+        """The plan of every count vector that the group's survivors can fill, cached per
+        (group classes, survivors per class) until E[max], g or the compile costs change."""
+        c = len(grp.lists)
+        allv = count_vectors(c, max_b)
+        emax = self._emax_all(grp, allv)
+        lens = grp.lens.tobytes()
+        key = (grp.model, grp.shape, grp.cids, lens)
+        hit = self._plan_cache.get(key)
+        if hit is None or hit[0] is not emax or hit[1] is not grp.gb or hit[2] is not grp.comp:
+            jmax = grp.slack.shape[1]
+            lkey = (c, max_b, jmax, grp.own, lens)
+            layout = self._layouts.get(lkey)
+            if layout is None:
+                sel = np.flatnonzero((allv <= grp.lens[None, :]).all(1))
+                if len(self._layouts) > 4096:
+                    self._layouts.clear()
+                layout = self._layouts[lkey] = _Layout(allv[sel], jmax, grp.own, sel)
+            if grp.has_comp is None:
+                grp.has_comp = bool(grp.comp.any())
+            plan = _Plan(layout.cand, emax[layout.sel], grp.gb, grp.comp, grp.buckets, grp.has_comp, jmax, grp.own, layout)
+            if len(self._plan_cache) > 1024:
+                self._plan_cache.clear()
+            hit = self._plan_cache[key] = (emax, grp.gb, grp.comp, plan)
+        return hit[3]
 
 
-class _Floor:
-    """The best weighted score so far over a model's weight: what a group of that
-    model must beat (None before any batch, or when the weight is not positive)."""
+class _Best:
+    """The best batch so far over the groups of a decision: the highest weighted score,
+    ties to the group first in the original order (`order`)."""
 
-    __slots__ = ("top", "weight")
+    __slots__ = ("_orders", "decision", "order", "score")
 
-    def __init__(self, top: list, weight: float):
-        self.top, self.weight = top, weight
+    def __init__(self, numbering: _Best | None = None):
+        """`numbering`: another _Best whose order numbers this one continues (one
+        numbering for the per-model bests of fair share and the overall best)."""
+        self.score = -math.inf
+        self.order = -1
+        self.decision: Decision | None = None
+        self._orders = numbering._orders if numbering is not None else [0]
 
-    def __call__(self) -> float | None:
-        best = self.top[0]
-        return best[0] / self.weight if best is not None and self.weight > 0 else None
+    def next_order(self) -> int:
+        self._orders[0] += 1
+        return self._orders[0] - 1
+
+    def offer(self, score: float, order: int, decision: Decision) -> None:
+        if self.decision is None or score > self.score or (score == self.score and order < self.order):
+            self.score, self.order, self.decision = score, order, decision
+
+    def pruned(self, bound: float, weight: float) -> bool:
+        """Whether a group with this score bound (of a model with this weight) cannot
+        beat the best so far (it cannot even tie, given the margin)."""
+        return self.decision is not None and weight > 0 and bound * _BOUND_MARGIN < self.score / weight
+
+
+class _Candidate:
+    """A group that may be searched late or not at all: its search has no side effect.
+    Its score bound is computed only when some other batch may beat it (`bound`)."""
+
+    __slots__ = ("_bound", "_bound_args", "build", "group", "order", "weight")
+
+    def __init__(self, bound_args: tuple, weight: float, order: int, group: _Group | None = None, build: tuple | None = None):
+        self._bound_args, self.weight, self.order, self.group, self.build = bound_args, weight, order, group, build
+        self._bound: tuple | None = None
+
+    def bound(self, policy: Orloj) -> float | None:
+        if self._bound is None:
+            self._bound = (policy._bound(*self._bound_args),)
+        return self._bound[0]
+
+    def rank(self, policy: Orloj) -> float:
+        b = self.bound(policy)
+        return math.inf if b is None else self.weight * b
+
+
+class _LazyMerge:
+    """Per tag, its parts' requests merged by deadline (the first `window`), when asked."""
+
+    __slots__ = ("parts", "window")
+
+    def __init__(self, parts: list[list[list[Request]]], window: int):
+        self.parts, self.window = parts, window
+
+    def lists(self) -> list[list[Request]]:
+        return [list(heapq.merge(*inside, key=_deadline))[: self.window] for inside in self.parts]
+
+
+def _deadline(r: Request) -> float:
+    return r.deadline_ms
 
 
 _BOUND_MARGIN = 1.001  # prune a group only when 1.001 x its score bound is still below the best score
