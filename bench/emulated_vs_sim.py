@@ -50,9 +50,35 @@ def _timed(policy):
     return policy
 
 
-def run_engine(w: ProfiledWorkload, arrivals: np.ndarray, idx: np.ndarray, slo_ms: float, policy) -> dict:
+class _TimedLog(BatchLog):
+    """A BatchLog that also records when each batch started and ended (perf ms)."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.spans: list[tuple[float, float]] = []
+
+    def run(self, batch):
+        t0 = time.perf_counter()
+        try:
+            return super().run(batch)
+        finally:
+            self.spans.append((t0 * 1000.0, time.perf_counter() * 1000.0))
+
+    def gaps(self, busy_ms: float = 50.0) -> tuple[list[float], list[float]]:
+        """(start-to-start, end-to-start idle) ms between back-to-back batches: pairs whose
+        idle gap exceeds `busy_ms` (the queue ran empty) are left out."""
+        s2s, idle = [], []
+        for (s0, e0), (s1, _) in zip(self.spans, self.spans[1:], strict=False):
+            if s1 - e0 <= busy_ms:
+                s2s.append(s1 - s0)
+                idle.append(s1 - e0)
+        return s2s, idle
+
+
+def run_engine(w: ProfiledWorkload, arrivals: np.ndarray, idx: np.ndarray, slo_ms: float, policy,
+               gaps: list | None = None) -> dict:
     lat = w.latency_model()
-    ex = BatchLog(ProfiledExecutor(w.device))
+    ex = _TimedLog(ProfiledExecutor(w.device))
     eng = Engine(Scheduler(policy, [w.spec], lat, SchedulerConfig(max_queue=1_000_000)), ex).start()
 
     def build(i: int, now: float) -> Request:
@@ -64,6 +90,8 @@ def run_engine(w: ProfiledWorkload, arrivals: np.ndarray, idx: np.ndarray, slo_m
         reqs = replay(eng, arrivals, build)
     finally:
         eng.shutdown(timeout=60)
+    if gaps is not None:
+        gaps.append(ex.gaps())
     return _summary(reqs, ex.sizes)
 
 
@@ -86,20 +114,27 @@ def main(argv: list[str] | None = None) -> int:
         for pol in pols:
             slo = k * w.p99_ms
             sim = w.simulate(arrivals, idx, slo, _policy(pol, spec, None))["finish_rate"]
-            runs, sel = [], []
+            runs, sel, gaps = [], [], []
             for _ in range(a.runs):
                 policy = _timed(_policy(pol, spec, None))
-                runs.append(run_engine(w, arrivals, idx, slo, policy)["finish_rate"])
+                runs.append(run_engine(w, arrivals, idx, slo, policy, gaps)["finish_rate"])
                 sel += policy.select_ms
+            s2s = [x for g in gaps for x in g[0]]
+            idle = [x for g in gaps for x in g[1]]
             eng = float(np.mean(runs))
             rows.append({"policy": pol, "slo_k": k, "sim": sim, "engine": round(eng, 4), "engine_runs": runs,
                          "diff": round(abs(eng - sim), 4), "select_mean_ms": round(float(np.mean(sel)), 4),
-                         "select_p99_ms": round(float(np.percentile(sel, 99)), 4)})
+                         "select_p99_ms": round(float(np.percentile(sel, 99)), 4),
+                         "start_to_start_ms": round(float(np.mean(s2s)), 4) if s2s else None,
+                         "idle_gap_ms": round(float(np.mean(idle)), 4) if idle else None,
+                         "idle_gap_p99_ms": round(float(np.percentile(idle, 99)), 4) if idle else None})
             print(f"[emulated] {pol} k={k}: sim {sim:.3f}, engine {runs}", file=sys.stderr)
-    print(f"{'policy':<10} {'k':>5} {'sim':>6} {'engine':>7} {'|diff|':>7} {'select mean':>12} {'p99 ms':>7}")
+    print(f"{'policy':<10} {'k':>5} {'sim':>6} {'engine':>7} {'|diff|':>7} {'select mean':>12} {'p99 ms':>7} "
+          f"{'start-start':>12} {'idle gap':>9} {'p99':>6}")
     for r in rows:
         print(f"{r['policy']:<10} {r['slo_k']:>5g} {r['sim']:>6.3f} {r['engine']:>7.3f} {r['diff']:>7.3f} "
-              f"{r['select_mean_ms']:>12.3f} {r['select_p99_ms']:>7.3f}")
+              f"{r['select_mean_ms']:>12.3f} {r['select_p99_ms']:>7.3f} {r['start_to_start_ms'] or 0:>12.3f} "
+              f"{r['idle_gap_ms'] or 0:>9.3f} {r['idle_gap_p99_ms'] or 0:>6.3f}")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({"profile": str(a.profile), "device": dev, "load": a.load,

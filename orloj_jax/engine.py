@@ -32,12 +32,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from queue import SimpleQueue
 
 import numpy as np
 
 from .executor import Executor
 from .request import Outcome, Request, Status
-from .scheduler import BatchResult, Scheduler
+from .scheduler import Batch, BatchResult, Scheduler
 
 
 class EngineClosed(RuntimeError):
@@ -71,6 +72,7 @@ class Engine:
         # at once (the device thread would otherwise meet it in Scheduler.add and crash)
         self._submitted: set[int] = set()
         self._closing = False
+        self._unlearned: tuple[Batch, BatchResult] | None = None  # finished, not learned yet (learn_late)
         self._dead: BaseException | None = None
         self._thread: threading.Thread | None = None
         self.batches_run = 0
@@ -206,19 +208,48 @@ class Engine:
 
     # -- device thread ---------------------------------------------------
     def _main(self) -> None:
+        late = self.scheduler.config.learn_late
+        learner = _Learner() if late else None
         try:
             while True:
                 batch = self._next_batch()
                 if batch is None:
                     return
-                result = self._run(batch)
+                job, self._unlearned = self._unlearned, None
+                if job is not None:
+                    # learn from the previous batch while this one runs (the executor
+                    # releases the GIL while the device works); joined before the next decision
+                    learner.start(self._learn, job)
+                    try:
+                        result = self._run(batch)
+                    finally:
+                        learner.join()
+                else:
+                    result = self._run(batch)
                 with self._lock:
-                    self._resolve(self.scheduler.on_done(batch, result, self.clock()))
+                    if late:
+                        self._resolve(self.scheduler.finish(batch, result, self.clock()))
+                        self._unlearned = (batch, result)
+                    else:
+                        self._resolve(self.scheduler.on_done(batch, result, self.clock()))
         except BaseException as e:  # a bug in the loop: fail loudly, never hang callers
             with self._lock:
                 self._dead = e
                 self._fail_all(f"orloj engine crashed: {e!r}")
             raise
+        finally:
+            if learner is not None:
+                learner.close()
+
+    def _learn(self, job: tuple[Batch, BatchResult] | None = None) -> None:
+        """Feed a finished batch into the latency model (`SchedulerConfig.learn_late`),
+        under the lock: `cancel` and `mark_compiled` touch the scheduler from other threads."""
+        if job is None:
+            job, self._unlearned = self._unlearned, None
+            if job is None:
+                return
+        with self._lock:
+            self.scheduler.learn(*job)
 
     def _fail_all(self, reason: str) -> None:
         """The loop died: every request waiting here gets an error (lock held).
@@ -273,6 +304,12 @@ class Engine:
                         wait_s = self.IDLE_POLL_S
                     else:
                         continue  # everything was dropped: look again (or leave, if closing)
+                    if self._unlearned is not None:  # nothing runs: learn now and decide again
+                        self._learn()
+                        continue
+                elif self._unlearned is not None:  # the device goes idle: learn now
+                    self._learn()
+                    continue
                 elif self._closing:
                     return None
                 # sleep without the lock until a submission, a compile, shutdown or wait_s
@@ -341,3 +378,44 @@ class Engine:
             self.scheduler.queue.remove([r])
             r.finish(Outcome.CANCELLED, now, reason)
         self._resolve(left)
+
+
+class _Learner:
+    """One worker thread that runs one job at a time: the engine's learning from the
+    previous batch while the device thread waits on the next (`SchedulerConfig.learn_late`)."""
+
+    def __init__(self) -> None:
+        self._jobs: SimpleQueue = SimpleQueue()
+        self._done: SimpleQueue = SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self, fn: Callable, *args) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="orloj-learn", daemon=True)
+            self._thread.start()
+        self._jobs.put((fn, args))
+
+    def join(self) -> None:
+        """Wait for the job started last; raise what it raised."""
+        err = self._done.get()
+        if err is not None:
+            raise err
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread = None
+
+    def _loop(self) -> None:
+        jobs, done = self._jobs, self._done
+        while True:
+            item = jobs.get()
+            if item is None:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            except BaseException as e:  # handed to the device thread at join
+                done.put(e)
+            else:
+                done.put(None)

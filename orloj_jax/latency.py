@@ -306,12 +306,8 @@ class LatencyModel:
         changes): treat it as read-only.
         """
         grid = self._grids[model]
-        rows, stale, dists = grid.rows, grid.stale, self.dists
-        for cid in cids:
-            d = dists[cid]
-            last = stale.get(cid, -1)
-            if cid not in rows or (d.total != last and d.total - last >= max(1, d.n >> 5)):
-                self._row(grid, cid)
+        rows, stale = grid.rows, grid.stale
+        self._fresh_rows(grid, cids)
         version = (grid.du, *(stale[c] for c in cids))
         key = (*cids, float32)
         hit = grid.stacks.get(key)
@@ -324,6 +320,25 @@ class LatencyModel:
                 grid.stacks.clear()
             hit = grid.stacks[key] = (version, arr)
         return grid.du, hit[1]
+
+    def refresh(self, model: str, cids, buckets: tuple, max_b: int, shape_bucket: int = 0) -> None:
+        """Refresh now what the policies' next reads would refresh lazily: the CDF rows
+        and sorted windows of classes `cids` of `model`, and g of (model, shape bucket)
+        at `buckets` (as `g_at(model, buckets, max_b, shape_bucket)`). The same values as
+        a lazy refresh, computed earlier (e.g. off the engine's critical path)."""
+        self._fresh_rows(self._grids[model], cids)
+        for cid in cids:
+            self.dists[cid].sorted()
+        self.g_at(model, buckets, max_b, shape_bucket)
+
+    def _fresh_rows(self, grid: _ModelGrid, cids) -> None:
+        """Recompute the rows of `cids` whose windows changed by ~3% since their last refresh."""
+        rows, stale, dists = grid.rows, grid.stale, self.dists
+        for cid in cids:
+            d = dists[cid]
+            last = stale.get(cid, -1)
+            if cid not in rows or (d.total != last and d.total - last >= max(1, d.n >> 5)):
+                self._row(grid, cid)
 
     def table_version(self, model: str, cids: list[int]) -> tuple:
         """Changes whenever `table(model, cids)` would return different rows."""

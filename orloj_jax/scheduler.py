@@ -12,7 +12,9 @@ A request's life through this module:
    it: members become RUNNING, drops get their terminal outcome.
 3. The caller runs the batch (executor, or the simulator's emulation) and
    reports `on_done(batch, result, now)`: members finish ON_TIME, LATE or
-   FAILED, and the measured times update the latency model.
+   FAILED, and the measured times update the latency model. `on_done` is
+   `finish` (the answers) then `learn` (the latency model); with
+   `SchedulerConfig.learn_late` the caller learns after the next decision.
 
 The live engine and the simulator call exactly these three methods; only the
 clock and the executor differ.
@@ -77,6 +79,13 @@ class ModelSpec:
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_queue: int = 100_000  # admission limit over all models
+    # Learn from a finished batch one decision late: its members are answered at once
+    # (`finish`), but its measurements reach the latency model (`learn`) only after the
+    # next decision, while the next batch runs. The live engine then learns on a worker
+    # thread during the device's run instead of between batches (docs/design.md, "Live
+    # engine"); the simulator (`sim.run_schedule`) models the same lag. Either learns at
+    # once when the device would otherwise idle (nothing to run).
+    learn_late: bool = True
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
@@ -201,7 +210,7 @@ class Scheduler:
         self.policy = policy
         policy.bind(self.models, self.latency)
         self.running: Batch | None = None
-        self.stats = {"added": 0, "rejected": 0, "dropped": 0, "batches": 0}
+        self.stats = {"added": 0, "rejected": 0, "dropped": 0, "batches": 0, "learned": 0}
 
     # -- 1. admission ----------------------------------------------------
     def add(self, req: Request, now: float) -> bool:
@@ -276,8 +285,18 @@ class Scheduler:
 
     # -- 3. report -------------------------------------------------------
     def on_done(self, batch: Batch, result: BatchResult, now: float) -> list[Request]:
-        """Finish the batch's members and learn from what was measured."""
-        assert batch is self.running, "on_done for a batch that is not running"
+        """Finish the batch's members and learn from what was measured (`finish`, then `learn`)."""
+        reqs = self.finish(batch, result, now)
+        self.learn(batch, result)
+        return reqs
+
+    def finish(self, batch: Batch, result: BatchResult, now: float) -> list[Request]:
+        """Answer the batch's members (and tell the policy); the device is idle again.
+
+        The latency model learns nothing here: call `learn(batch, result)` once, now
+        (`on_done`) or later (`SchedulerConfig.learn_late`: after the next decision).
+        """
+        assert batch is self.running, "finish for a batch that is not running"
         self.running = None
         reqs = batch.requests
         if result.error is not None:
@@ -286,9 +305,8 @@ class Scheduler:
                     r.finish(Outcome.FAILED, now, result.error)
             self.policy.on_done(batch, result, now)
             return reqs
-        solo = np.asarray(result.solo_ms, dtype=np.float64)
-        if solo.shape != (len(reqs),):
-            raise ValueError(f"BatchResult.solo_ms has shape {solo.shape}, batch has {len(reqs)} members")
+        if np.shape(result.solo_ms) != (len(reqs),):
+            raise ValueError(f"BatchResult.solo_ms has shape {np.shape(result.solo_ms)}, batch has {len(reqs)} members")
         for i, r in enumerate(reqs):
             if r.done:  # answered at an early exit (finish_early)
                 continue
@@ -298,11 +316,23 @@ class Scheduler:
             if result.outputs is not None:
                 r.output = result.outputs[i]
             r.finish(Outcome.ON_TIME if t <= r.deadline_ms else Outcome.LATE, t)
-        self._learn(batch, result, solo)
         self.policy.on_done(batch, result, now)
         return reqs
 
-    def _learn(self, batch: Batch, result: BatchResult, solo: np.ndarray) -> None:
+    def learn(self, batch: Batch, result: BatchResult) -> None:
+        """Feed a finished batch's measurements into the latency model, then refresh what
+        the next decision would otherwise refresh lazily (`LatencyModel.refresh`,
+        `Policy.refresh`): the same values, computed now instead of on the critical path."""
+        self.stats["learned"] += 1
+        if result.error is not None:
+            return
+        solo = np.asarray(result.solo_ms, dtype=np.float64)
+        touched = self._learn(batch, result, solo)
+        spec = self.models[batch.model]
+        self.latency.refresh(batch.model, touched, spec.batch_buckets, spec.max_batch, batch.shape_bucket)
+        self.policy.refresh()
+
+    def _learn(self, batch: Batch, result: BatchResult, solo: np.ndarray) -> list[int]:
         lat = self.latency
         by_cls: dict[int, list[float]] = {}
         for r, s in zip(batch.requests, solo, strict=True):
@@ -316,3 +346,4 @@ class Scheduler:
         else:
             lat.mark_warm(batch.model, batch.batch_bucket, batch.shape_bucket)
         lat.observe_batch(batch.model, batch.batch_bucket, result.device_ms - result.compile_ms, float(solo.max()), batch.shape_bucket)
+        return list(by_cls)

@@ -200,6 +200,10 @@ def run_schedule(
     pred: list[float] = []
     meas: list[float] = []
     answered = 0
+    # SchedulerConfig.learn_late: a finished batch is learned after the next decision (as
+    # the live engine learns it while the next batch runs), or at once when nothing runs
+    late = sched.config.learn_late
+    unlearned: tuple[Batch, BatchResult] | None = None
     while True:
         t_arr = arrivals[i] if i < n else math.inf
         t_wake = wake_at if (running is None and wake_at is not None) else math.inf
@@ -208,7 +212,11 @@ def run_schedule(
             break
         now = t
         if running is not None and busy_until <= now:
-            answered += len(sched.on_done(running, result, now))
+            if late:
+                answered += len(sched.finish(running, result, now))
+                unlearned = (running, result)
+            else:
+                answered += len(sched.on_done(running, result, now))
             running, busy_until = None, math.inf
         while i < n and arrivals[i] <= now:
             if not sched.add(reqs[i], now):
@@ -218,6 +226,11 @@ def run_schedule(
         if running is None and len(sched.queue):
             out = sched.next_batch(now)
             answered += len(out.finished)
+            if out.batch is None and unlearned is not None and len(sched.queue):
+                sched.learn(*unlearned)  # nothing runs: learn now and decide again (as the engine)
+                unlearned = None
+                out = sched.next_batch(now)
+                answered += len(out.finished)
             wake_at = out.wake_at
             if wake_at is not None and wake_at <= now and out.batch is None:
                 raise RuntimeError(f"policy {policy.name!r} asked to wake at {wake_at} <= now {now} without running anything")
@@ -230,6 +243,9 @@ def run_schedule(
                 meas.append(result.device_ms)
             elif wake_at is None and i >= n and len(sched.queue):
                 raise RuntimeError(f"policy {policy.name!r} left {len(sched.queue)} requests queued with no plan to run them")
+        if unlearned is not None:  # learned while the new batch runs, or now if the device idles
+            sched.learn(*unlearned)
+            unlearned = None
         if progress is not None:
             progress(answered)
     stranded = [r for r in reqs if r.outcome is None]

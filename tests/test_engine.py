@@ -307,3 +307,98 @@ def test_executor_hooks_follow_the_engine_that_serves():
             assert f0.result(timeout=5).outcome is Outcome.ON_TIME
             assert f1.result(timeout=5).outcome is Outcome.ON_TIME
         assert eng.early_answers == 1 and ex.on_exit is None
+
+
+class _Recorder(Scheduler):
+    """A scheduler that logs its decisions and what it learns (thread and order)."""
+
+    def __init__(self, *a, log: list, **kw):
+        super().__init__(*a, **kw)
+        self.log = log
+
+    def next_batch(self, now):
+        out = super().next_batch(now)
+        if out.batch is not None:
+            self.log.append(("decide", out.batch.id, threading.current_thread().name))
+        return out
+
+    def learn(self, batch, result):
+        self.log.append(("learn", batch.id, threading.current_thread().name))
+        super().learn(batch, result)
+
+
+class _Waiting(Executor):
+    """2 ms per batch; logs its start and end; waits (at most 1 s) until the batch before
+    it is learned, so that learning during the run is seen during the run."""
+
+    def __init__(self, log: list):
+        self.log = log
+        self.prev = None
+
+    def run(self, batch):
+        self.log.append(("start", batch.id, threading.current_thread().name))
+        tick = threading.Event()
+        for _ in range(1000):
+            if self.prev is None or any(e[:2] == ("learn", self.prev) for e in self.log):
+                break
+            tick.wait(0.001)
+        tick.wait(0.002)
+        self.log.append(("end", batch.id, threading.current_thread().name))
+        self.prev = batch.id
+        return BatchResult(device_ms=2.0, solo_ms=[2.0] * len(batch))
+
+
+@pytest.mark.parametrize("late", [True, False])
+def test_learning_of_a_batch_overlaps_the_next_and_happens_once(late):
+    """learn_late: batch k is learned on the learner thread while batch k+1 runs (after
+    k+1's decision, before k+2's), the last one once the device goes idle; without it,
+    on the device thread before the next decision. Either way each batch is learned
+    exactly once and every request answered once."""
+    from orloj_jax.scheduler import SchedulerConfig
+
+    log: list = []
+    lat = LatencyModel()
+    lat.seed(M, "a", np.array([2.0, 2.0, 2.0]))
+    lat.mark_all_warm(M)
+    sched = _Recorder(make_policy("fifo"), [ModelSpec(M, (1,))], lat, SchedulerConfig(learn_late=late), log=log)
+    eng = Engine(sched, _Waiting(log))
+    rs = [req(2, 1e12) for _ in range(5)]
+    futs = [eng.submit(r) for r in rs]
+    with eng:
+        wait(futs, timeout=10)
+    assert all(f.result(timeout=0).outcome is Outcome.ON_TIME for f in futs)
+    ids = [e[1] for e in log if e[0] == "decide"]
+    assert len(ids) == 5
+    learned = [e[1] for e in log if e[0] == "learn"]
+    assert sorted(learned) == sorted(ids) and sched.stats["learned"] == 5  # once each
+    pos = {e[:2]: i for i, e in enumerate(log)}
+    for k, b in enumerate(ids):
+        if late and k + 1 < len(ids):
+            nxt = ids[k + 1]
+            assert pos[("decide", nxt)] < pos[("learn", b)]  # the next decision does not wait for it
+            assert pos[("start", nxt)] < pos[("learn", b)] < pos[("end", nxt)]  # learned while it runs
+            assert ("learn", b, "orloj-learn") in log
+        elif late:  # the last batch: learned once the device goes idle
+            assert pos[("end", b)] < pos[("learn", b)]
+        else:
+            assert pos[("end", b)] < pos[("learn", b)]
+            if k + 1 < len(ids):
+                assert pos[("learn", b)] < pos[("decide", ids[k + 1])]
+            assert ("learn", b, "orloj-device") in log
+
+
+def test_learning_error_after_an_executor_error_still_answers_once():
+    """learn_late with a failing batch in the middle: its requests FAIL, the others are
+    served, and every batch (the failed one too) is learned once."""
+    clock = FakeClock()
+    lat = LatencyModel()
+    lat.mark_all_warm(M)
+    sched = Scheduler(make_policy("edf"), [ModelSpec(M, (1,))], lat)
+    assert sched.config.learn_late
+    eng = Engine(sched, Flaky(), clock=clock)
+    rs = [req(5, 1000, tag="ok"), req(5, 1000, tag="bad"), req(5, 1000, tag="ok")]
+    futs = [eng.submit(r) for r in rs]
+    with eng:
+        wait(futs, timeout=5)
+    assert [r.outcome for r in rs] == [Outcome.ON_TIME, Outcome.FAILED, Outcome.ON_TIME]
+    assert sched.stats["learned"] == sched.stats["batches"] == 3

@@ -304,3 +304,41 @@ def test_two_models_share_one_device_and_neither_starves():
     for m in traces:
         assert o.summary(m)["finish_rate"] > 0.3
         assert o.summary(m)["finish_rate"] >= st.summary(m)["finish_rate"]
+
+
+@pytest.mark.parametrize("late", [True, False])
+def test_run_schedule_learns_each_batch_once_late_or_not(late):
+    """SchedulerConfig.learn_late: a finished batch is learned after the next decision
+    (or at once when nothing runs next); otherwise before it. Once per batch either way."""
+    from orloj_jax.latency import LatencyModel
+    from orloj_jax.scheduler import ModelSpec, Scheduler, SchedulerConfig
+    from orloj_jax.sim import run_schedule
+
+    log: list = []
+
+    class Rec(Scheduler):
+        def next_batch(self, now):
+            out = super().next_batch(now)
+            if out.batch is not None:
+                log.append(("decide", out.batch.id))
+            return out
+
+        def learn(self, batch, result):
+            log.append(("learn", batch.id))
+            super().learn(batch, result)
+
+    lat = LatencyModel()
+    lat.seed("m", "a", np.array([1.0, 1.0, 1.0]))
+    lat.mark_all_warm("m")
+    sched = Rec(make_policy("fifo"), [ModelSpec("m", (1,))], lat, SchedulerConfig(learn_late=late))
+    # three back to back, then one alone after the device went idle
+    reqs = [Request("m", "a", a, a + 1e6, true_ms=1.0) for a in (0.0, 0.0, 0.0, 100.0)]
+    run_schedule(sched, reqs, EmulatedDevice(lambda b: 1.0))
+    ids = [b for e, b in log if e == "decide"]
+    assert sorted(b for e, b in log if e == "learn") == sorted(ids) and sched.stats["learned"] == 4
+    pos = {e: i for i, e in enumerate(log)}
+    if late:
+        assert pos[("decide", ids[1])] < pos[("learn", ids[0])] < pos[("decide", ids[2])]
+        assert pos[("learn", ids[2])] < pos[("decide", ids[3])]  # the device idled: learned then
+    else:
+        assert all(pos[("learn", a)] < pos[("decide", b)] for a, b in zip(ids, ids[1:], strict=False))

@@ -61,6 +61,10 @@ class Policy(ABC):
     def on_done(self, batch: Batch, result: BatchResult, now: float) -> None:  # noqa: B027
         pass
 
+    def refresh(self) -> None:  # noqa: B027 - optional hook
+        """The latency model just learned a batch: refresh now what the next `select`
+        would refresh lazily (it must not change what `select` decides)."""
+
     def describe(self) -> dict:
         return {"policy": self.name, **dataclasses.asdict(self.config)}
 

@@ -318,6 +318,20 @@ class Orloj(Policy):
         return pick
 
 
+    def refresh(self) -> None:
+        """After the latency model learned a batch, rebuild the groups of the last decision
+        as the next one will see them (tables, g, compile costs, threshold quantiles, and
+        E[max] and score bound where they are kept): same values, off the critical path
+        when the engine learns while the next batch runs."""
+        keys = list(self._contexts)
+        self._contexts.clear()
+        for model, shape, *cids in keys:
+            _, buckets, _, gb, _, comp, du, logF, has_comp = self._context(model, shape, cids)
+            for cid in cids:
+                self._threshold_quantile(cid)
+            if not has_comp:
+                self._bound(model, shape, tuple(cids), logF, du, gb, comp, buckets, 0)
+
     def select(self, queue, now: float) -> Decision:
         self._contexts.clear()  # the latency model does not change during a decision
         decision = self._select(queue, now, defer=True)
