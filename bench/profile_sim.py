@@ -336,12 +336,12 @@ class ProfiledWorkload:
             self._padded[key] = larger or None
         return self._padded[key]
 
-    def simulate(self, arrivals: np.ndarray, idx: np.ndarray, slo_ms: float, policy) -> dict:
+    def simulate(self, arrivals: np.ndarray, idx: np.ndarray, slo_ms: float, policy, learn_late: bool | None = None) -> dict:
         """Requests arriving at `arrivals`, request i being sampled input idx[i]."""
-        return self.simulate_inputs(arrivals, self.sizes[idx], self.exits[idx], slo_ms, policy)
+        return self.simulate_inputs(arrivals, self.sizes[idx], self.exits[idx], slo_ms, policy, learn_late=learn_late)
 
     def simulate_inputs(self, arrivals, sizes, exits, slo_ms: float, policy,
-                        latency: LatencyModel | None = None) -> dict:
+                        latency: LatencyModel | None = None, learn_late: bool | None = None) -> dict:
         """Any inputs (size, exit stage) at any arrival times, on the profiled device.
 
         `latency` replaces the offline profile this workload would seed (e.g. the one a
@@ -353,7 +353,7 @@ class ProfiledWorkload:
                         true_ms=self.device.solo_ms(sb, int(e)), true_ms_at=self._padded_times(sb, int(e)))
                 for a, z, e, sb in zip(arrivals, sizes, exits, shapes, strict=True)]
         lat = latency if latency is not None else self.latency_model()
-        sched = Scheduler(policy, [self.spec], lat, SchedulerConfig(max_queue=1_000_000))
+        sched = Scheduler(policy, [self.spec], lat, SchedulerConfig(max_queue=1_000_000, learn_late=learn_late))
         res = run_schedule(sched, reqs, self.device)
         row = summarize(res.requests, res.batch_sizes, float(arrivals[-1] - arrivals[0]))
         done = [r.exit_index for r in res.requests if r.exit_index is not None]

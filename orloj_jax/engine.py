@@ -73,6 +73,10 @@ class Engine:
         self._submitted: set[int] = set()
         self._closing = False
         self._unlearned: tuple[Batch, BatchResult] | None = None  # finished, not learned yet (learn_late)
+        late = scheduler.config.learn_late
+        #: learn each batch while the next one runs (SchedulerConfig.learn_late; None: unless
+        #: the executor's batches run on the host CPU)
+        self.learn_late = (not getattr(executor, "uses_host", False)) if late is None else bool(late)
         self._dead: BaseException | None = None
         self._thread: threading.Thread | None = None
         self.batches_run = 0
@@ -208,7 +212,7 @@ class Engine:
 
     # -- device thread ---------------------------------------------------
     def _main(self) -> None:
-        late = self.scheduler.config.learn_late
+        late = self.learn_late
         learner = _Learner() if late else None
         try:
             while True:

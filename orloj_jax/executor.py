@@ -30,6 +30,11 @@ from .scheduler import Batch, BatchResult
 class Executor(ABC):
     """Runs batches on one device. Implementations: EmulatedExecutor, models' JaxExecutor."""
 
+    #: a batch keeps the host CPU busy (XLA on the CPU), so the engine should not do
+    #: other work meanwhile (`SchedulerConfig.learn_late`); False when the host only
+    #: waits (an accelerator, or an emulated device that sleeps)
+    uses_host: bool = False
+
     @abstractmethod
     def run(self, batch: Batch) -> BatchResult: ...
 

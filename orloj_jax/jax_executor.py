@@ -277,8 +277,9 @@ class JaxExecutor(Executor):
         self.models: dict[str, StagedModel] = dict(models)
         self.clock = clock
         self.background = background
+        platform = device.platform if device is not None else jax.default_backend()
+        self.uses_host = platform == "cpu"
         if compact is None:
-            platform = device.platform if device is not None else jax.default_backend()
             compact = platform == "cpu"
         self.compact = bool(compact)
         self.warm_reps = int(warm_reps)

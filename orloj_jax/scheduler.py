@@ -84,8 +84,11 @@ class SchedulerConfig:
     # next decision, while the next batch runs. The live engine then learns on a worker
     # thread during the device's run instead of between batches (docs/design.md, "Live
     # engine"); the simulator (`sim.run_schedule`) models the same lag. Either learns at
-    # once when the device would otherwise idle (nothing to run).
-    learn_late: bool = True
+    # once when the device would otherwise idle (nothing to run). None (the default):
+    # the engine learns late unless its executor runs batches on the host CPU
+    # (`Executor.uses_host`: the learner would compete with the batch for the cores),
+    # and the simulator learns at once (its published numbers were measured so).
+    learn_late: bool | None = None
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:

@@ -202,7 +202,7 @@ def run_schedule(
     answered = 0
     # SchedulerConfig.learn_late: a finished batch is learned after the next decision (as
     # the live engine learns it while the next batch runs), or at once when nothing runs
-    late = sched.config.learn_late
+    late = bool(sched.config.learn_late)  # None: at once, as the published numbers were measured
     unlearned: tuple[Batch, BatchResult] | None = None
     while True:
         t_arr = arrivals[i] if i < n else math.inf

@@ -14,7 +14,7 @@ from orloj_jax.latency import LatencyModel
 from orloj_jax.policies import make_policy
 from orloj_jax.policies.base import Decision, Policy
 from orloj_jax.request import Outcome, Request
-from orloj_jax.scheduler import BatchResult, ModelSpec, Scheduler
+from orloj_jax.scheduler import BatchResult, ModelSpec, Scheduler, SchedulerConfig
 
 M = "m"
 
@@ -394,11 +394,22 @@ def test_learning_error_after_an_executor_error_still_answers_once():
     lat = LatencyModel()
     lat.mark_all_warm(M)
     sched = Scheduler(make_policy("edf"), [ModelSpec(M, (1,))], lat)
-    assert sched.config.learn_late
     eng = Engine(sched, Flaky(), clock=clock)
+    assert eng.learn_late  # the default, with an executor that does not use the host CPU
     rs = [req(5, 1000, tag="ok"), req(5, 1000, tag="bad"), req(5, 1000, tag="ok")]
     futs = [eng.submit(r) for r in rs]
     with eng:
         wait(futs, timeout=5)
     assert [r.outcome for r in rs] == [Outcome.ON_TIME, Outcome.FAILED, Outcome.ON_TIME]
     assert sched.stats["learned"] == sched.stats["batches"] == 3
+
+
+@pytest.mark.parametrize("config, uses_host, late", [(None, False, True), (None, True, False), (True, True, True), (False, False, False)])
+def test_learn_late_default_follows_the_executor(config, uses_host, late):
+    """SchedulerConfig.learn_late None: the engine learns late unless its executor's
+    batches run on the host CPU (the learner would compete with them); a bool wins."""
+    lat = LatencyModel()
+    sched = Scheduler(make_policy("fifo"), [ModelSpec(M, (1,))], lat, SchedulerConfig(learn_late=config))
+    ex = Flaky()
+    ex.uses_host = uses_host
+    assert Engine(sched, ex).learn_late is late
