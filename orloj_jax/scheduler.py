@@ -290,7 +290,7 @@ class Scheduler:
     def on_done(self, batch: Batch, result: BatchResult, now: float) -> list[Request]:
         """Finish the batch's members and learn from what was measured (`finish`, then `learn`)."""
         reqs = self.finish(batch, result, now)
-        self.learn(batch, result)
+        self.learn(batch, result, refresh=False)  # the next decision refreshes what it needs
         return reqs
 
     def finish(self, batch: Batch, result: BatchResult, now: float) -> list[Request]:
@@ -322,15 +322,18 @@ class Scheduler:
         self.policy.on_done(batch, result, now)
         return reqs
 
-    def learn(self, batch: Batch, result: BatchResult) -> None:
-        """Feed a finished batch's measurements into the latency model, then refresh what
-        the next decision would otherwise refresh lazily (`LatencyModel.refresh`,
-        `Policy.refresh`): the same values, computed now instead of on the critical path."""
+    def learn(self, batch: Batch, result: BatchResult, refresh: bool = True) -> None:
+        """Feed a finished batch's measurements into the latency model, then (`refresh`)
+        refresh what the next decision would otherwise refresh lazily
+        (`LatencyModel.refresh`, `Policy.refresh`): the same values, computed now instead
+        of on the critical path, worth it when this runs while the next batch does."""
         self.stats["learned"] += 1
         if result.error is not None:
             return
         solo = np.asarray(result.solo_ms, dtype=np.float64)
         touched = self._learn(batch, result, solo)
+        if not refresh:
+            return
         spec = self.models[batch.model]
         self.latency.refresh(batch.model, touched, spec.batch_buckets, spec.max_batch, batch.shape_bucket)
         self.policy.refresh()

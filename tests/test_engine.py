@@ -322,9 +322,9 @@ class _Recorder(Scheduler):
             self.log.append(("decide", out.batch.id, threading.current_thread().name))
         return out
 
-    def learn(self, batch, result):
+    def learn(self, batch, result, refresh=True):
         self.log.append(("learn", batch.id, threading.current_thread().name))
-        super().learn(batch, result)
+        super().learn(batch, result, refresh)
 
 
 class _Waiting(Executor):

@@ -323,9 +323,9 @@ def test_run_schedule_learns_each_batch_once_late_or_not(late):
                 log.append(("decide", out.batch.id))
             return out
 
-        def learn(self, batch, result):
+        def learn(self, batch, result, refresh=True):
             log.append(("learn", batch.id))
-            super().learn(batch, result)
+            super().learn(batch, result, refresh)
 
     lat = LatencyModel()
     lat.seed("m", "a", np.array([1.0, 1.0, 1.0]))
