@@ -836,3 +836,22 @@ def test_orloj_best_first_search_decides_as_the_in_order_search(early):
         assert (fast.model, fast.batch_bucket, fast.shape_bucket) == (slow.model, slow.batch_bucket, slow.shape_bucket)
         assert [(r.id, why) for r, _, why in fast.drops] == [(r.id, why) for r, _, why in slow.drops]
         assert fast.info == slow.info
+
+
+def test_static_timeouts_from_its_expiry_heap_match_a_full_scan():
+    """static finds timed-out requests through a heap of arrival + timeout; on random
+    arrivals, SLOs and decision times its drops (and batches) equal a scan of the whole
+    queue with the documented test now - arrival > timeout."""
+    rng = np.random.default_rng(5)
+    s = make("static", queue_timeout_us=40_000.0, max_queue_delay_us=3_000.0)
+    now = 0.0
+    for _ in range(300):
+        now += float(rng.exponential(2.0))
+        for _ in range(int(rng.integers(0, 4))):
+            s.add(req(arrival=now, deadline=now + float(rng.uniform(5.0, 80.0))), now)
+        expect = {r.id for r in s.queue.all_requests() if now - r.arrival_ms > min(r.slo_ms, 40.0)}
+        out = s.next_batch(now)
+        assert {r.id for r in out.finished} == expect
+        assert all(r.outcome is Outcome.TIMED_OUT for r in out.finished)
+        if out.batch is not None:
+            s.on_done(out.batch, BatchResult(device_ms=1.0, solo_ms=np.ones(len(out.batch.requests))), now)

@@ -21,9 +21,11 @@ Semantics, per model, FIFO over arrival order:
 from __future__ import annotations
 
 import bisect
+import heapq
+import math
 from dataclasses import dataclass
 
-from ..request import Outcome
+from ..request import Outcome, Request, Status
 from .base import Decision, Policy, register
 
 
@@ -61,13 +63,49 @@ class Static(Policy):
             t = min(t, self.config.queue_timeout_us / 1000.0)
         return t
 
+    def bind(self, models, latency) -> None:
+        super().bind(models, latency)
+        # (arrival + timeout, id, request) of every queued request with a finite timeout,
+        # so that a decision finds the timed-out ones without scanning the whole queue.
+        # Entries of requests that left the queue are discarded when they surface.
+        self._expiry: list[tuple[float, int, Request]] = []
+        self._fed = False  # a scheduler tells this policy of every arrival (on_arrival)
+
+    def on_arrival(self, req: Request, now: float) -> None:
+        self._fed = True
+        t = self._timeout_ms(req)
+        if math.isfinite(t):
+            heapq.heappush(self._expiry, (req.arrival_ms + t, req.id, req))
+
+    def _timed_out(self, queue, now: float) -> list[Request]:
+        """The queued requests with now - arrival > their timeout, in queue order."""
+        heap = self._expiry
+        if not self._fed:
+            # a queue filled without on_arrival (select called by hand): track it as it is
+            heap[:] = [(r.arrival_ms + t, r.id, r) for r in queue.all_requests() if math.isfinite(t := self._timeout_ms(r))]
+            heapq.heapify(heap)
+        out, back = [], []
+        # the exact test below decides; the key only bounds the candidates (a few ulps of
+        # slack for the rounding of arrival + timeout)
+        horizon = now + 1e-9 * max(1.0, abs(now))
+        while heap and heap[0][0] <= horizon:
+            entry = heapq.heappop(heap)
+            r = entry[2]
+            if r.status is not Status.QUEUED or r.outcome is not None:
+                continue  # ran, dropped or cancelled since
+            back.append(entry)  # still queued: kept until the scheduler applies the drop
+            if now - r.arrival_ms > self._timeout_ms(r):
+                out.append(r)
+        for entry in back:
+            heapq.heappush(heap, entry)
+        if len(out) > 1:
+            order = {m: i for i, m in enumerate(queue.models())}
+            out.sort(key=lambda r: (order.get(r.model, 0), r.id))
+        return out
+
     def select(self, queue, now: float) -> Decision:
         cfg = self.config
-        drops = [
-            (r, Outcome.TIMED_OUT, "queue_timeout")
-            for r in queue.all_requests()
-            if now - r.arrival_ms > self._timeout_ms(r)
-        ]
+        drops = [(r, Outcome.TIMED_OUT, "queue_timeout") for r in self._timed_out(queue, now)]
         dropped = {r.id for r, _, _ in drops}
         best_model, oldest = None, None
         for model in queue.models():
