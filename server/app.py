@@ -32,6 +32,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -501,10 +502,11 @@ async def _infer(request: Request, state: AppState, backend: Backend, engine: En
     reqs = [EngineRequest(name, ltag, t0, t0 + call.slo_ms, size=int(it.size), payload=(it, opts))
             for it in items]
     waiter = _ItemWaiter(state.mailbox(), engine, reqs)
+    sink = waiter.sink()
     submitted = 0
     try:
         for r in reqs:
-            engine.submit(r, waiter.sink)
+            engine.submit(r, sink)
             submitted += 1
             if r.outcome is Outcome.REJECTED:  # refused at once: the queue is full
                 break
@@ -622,7 +624,7 @@ class _ItemWaiter:
     cancelled.
     """
 
-    __slots__ = ("done", "engine", "failed", "mailbox", "remaining", "reqs", "sink")
+    __slots__ = ("done", "engine", "failed", "mailbox", "remaining", "reqs")
 
     def __init__(self, mailbox: Mailbox, engine: Engine, reqs: list[EngineRequest]) -> None:
         self.mailbox = mailbox
@@ -631,8 +633,12 @@ class _ItemWaiter:
         self.remaining = len(reqs)
         self.failed = False
         self.done: asyncio.Future = mailbox.loop.create_future()  # True: client gone
-        post, on_item = mailbox.post, self._on_item
-        self.sink = lambda r: post(on_item, r)
+
+    def sink(self) -> Callable[[EngineRequest], None]:
+        """The engine's callback for this request's items. Not kept on the waiter: a
+        waiter -> sink -> waiter cycle would leave every answered request's objects to
+        the cyclic garbage collector (under load, a tenth of the event loop's time)."""
+        return partial(self.mailbox.post, self._on_item)
 
     def _on_item(self, r: EngineRequest) -> None:  # in the loop, once per item
         done = self.done
