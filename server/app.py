@@ -55,6 +55,7 @@ from .codec import (
     accept_format,
     array_to_wire,
     decode_body,
+    decode_msgpack_common,
     encode_body,
     media_format,
     to_wire,
@@ -77,6 +78,7 @@ from .validate import (  # noqa: F401 - re-exported: the specs are part of the a
     _tname,
     check_item_sizes,
     parse_infer,
+    parse_infer_common,
 )
 
 log = logging.getLogger("orloj.server")
@@ -320,7 +322,13 @@ def _num(v: Any) -> Any:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     """The body, refusing (413) as soon as it is known to exceed ``limit`` bytes."""
-    cl = request.headers.get("content-length")
+    return await _receive_body(request.receive, limit, request.headers.get("content-length"))
+
+
+async def _receive_body(receive: Callable[[], Any], limit: int, cl: str | None) -> bytes:
+    """The body from the ASGI ``receive`` channel (``cl``: the Content-Length header, if
+    any), refusing (413) as soon as it is known to exceed ``limit`` bytes; a disconnect
+    before its end raises ClientDisconnect (as Starlette's ``Request.stream``)."""
     if cl is not None:
         try:
             n = int(cl)
@@ -331,19 +339,26 @@ async def _read_body(request: Request, limit: int) -> bytes:
                            details={"limit": limit})
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise ApiError("body_too_large", f"body exceeds the limit of {limit} bytes",
-                           details={"limit": limit})
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        msg = await receive()
+        kind = msg["type"]
+        if kind == "http.request":
+            chunk = msg.get("body", b"")
+            total += len(chunk)
+            if total > limit:
+                raise ApiError("body_too_large", f"body exceeds the limit of {limit} bytes",
+                               details={"limit": limit})
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        elif kind == "http.disconnect":
+            raise ClientDisconnect()
 
 
-async def _wait_disconnect(request: Request) -> None:
+async def _wait_disconnect(receive: Callable[[], Any]) -> None:
     """Returns once the client has gone (call only after the body was read)."""
     while True:
-        msg = await request.receive()
+        msg = await receive()
         if msg["type"] == "http.disconnect":
             return
 
@@ -376,29 +391,43 @@ def _outcome_error(reqs: Sequence[EngineRequest], config: ServerConfig) -> ApiEr
 # ----------------------------------------------------------------------------- routes
 
 
-_FORMATS: dict[tuple[str | None, str | None], tuple[str | None, str]] = {}
+_FORMATS: dict[tuple[bytes | None, bytes | None], tuple[str | None, str, str | None]] = {}
 
 
 def _formats(request: Request) -> tuple[str | None, str]:
-    """(body encoding or None, answer encoding) of a request, parsed once per request.
+    """(body encoding or None, answer encoding) of a request, parsed once per request."""
+    return _scope_formats(request.scope)[:2]
+
+
+def _scope_formats(scope: dict) -> tuple[str | None, str, str | None, str | None]:
+    """(body encoding or None, answer encoding, Content-Type, Content-Length) of a request,
+    read from the ASGI scope's raw headers once per request.
 
     The answer's encoding is Accept's if it names msgpack/JSON, else the body's, else
-    JSON. Parsed pairs of header values are memoised (a bounded cache: clients choose
+    JSON. A header's first occurrence counts (as Starlette's ``Headers.get``). Parsed
+    pairs of Content-Type / Accept values are memoised (a bounded cache: clients choose
     the strings, and nearly all send the same two or three).
     """
-    scope = request.scope
     got = scope.get("orloj.formats")
     if got is None:
-        h = request.headers
-        key = (h.get("content-type"), h.get("accept"))
-        got = _FORMATS.get(key)
-        if got is None:
-            body = media_format(key[0])
-            got = (body, accept_format(key[1]) or body or "json")
+        ct = acc = cl = None
+        for k, v in scope["headers"]:
+            if k == b"content-type":
+                ct = v if ct is None else ct
+            elif k == b"accept":
+                acc = v if acc is None else acc
+            elif k == b"content-length" and cl is None:
+                cl = v.decode("latin-1")
+        key = (ct, acc)
+        fmts = _FORMATS.get(key)
+        if fmts is None:
+            ct_s = None if ct is None else ct.decode("latin-1")
+            body = media_format(ct_s)
+            fmts = (body, accept_format(None if acc is None else acc.decode("latin-1")) or body or "json", ct_s)
             if len(_FORMATS) >= 256:
                 _FORMATS.clear()
-            _FORMATS[key] = got
-        scope["orloj.formats"] = got
+            _FORMATS[key] = fmts
+        got = scope["orloj.formats"] = (*fmts[:2], fmts[2], cl)
     return got
 
 
@@ -443,25 +472,31 @@ def _served(backend: Backend, name: str) -> ServedModel:
 
 
 async def infer(request: Request) -> Response:
-    state = _state(request)
-    name = request.path_params["model"]
+    """The routed handler of ``POST /v1/models/{model}/infer`` (InferFastPath calls
+    :func:`infer_scope` itself, without building a Request)."""
+    return await infer_scope(request.scope, request.receive, request.path_params["model"])
+
+
+async def infer_scope(scope: dict, receive: Callable[[], Any], name: str) -> Response:
+    """An inference request from its ASGI scope and receive channel; ApiError on refusal."""
+    state: AppState = scope["app"].state.orloj
     label = "_unknown"  # metric label: never a client-chosen string
     t_start = perf_ms()
     try:
         backend, engine = state.require_ready(check_alive=False)
         served = _served(backend, name)
         label = name
-        fmt_in = _formats(request)[0]
+        fmt_in, fmt_out, content_type, content_length = _scope_formats(scope)
         if fmt_in is None:
             raise ApiError("unsupported_media_type",
-                           f"Content-Type {_short(request.headers.get('content-type'))} is not accepted; "
+                           f"Content-Type {_short(content_type)} is not accepted; "
                            "send application/msgpack or application/json")
         try:
-            body = await _read_body(request, state.config.max_body_bytes)
+            body = await _receive_body(receive, state.config.max_body_bytes, content_length)
         except ClientDisconnect:
             state.metrics.http_c[(label, "499", "cancelled")].inc()
             return Response(status_code=499)
-        resp = await _infer(request, state, backend, engine, served, body, fmt_in)
+        resp = await _infer(receive, state, backend, engine, served, body, fmt_in, fmt_out)
         status = resp.status_code
         state.metrics.http_c[(label, "200", "ok") if status == 200 else (label, str(status), "cancelled")].inc()
         state.metrics.latency_c[(label,)].observe((perf_ms() - t_start) / 1000.0)
@@ -475,10 +510,18 @@ async def infer(request: Request) -> Response:
         raise ApiError("internal_error", f"internal error: {type(e).__name__}") from e
 
 
-async def _infer(request: Request, state: AppState, backend: Backend, engine: Engine,
-                 served: ServedModel, body: bytes, fmt_in: str) -> Response:
+async def _infer(receive: Callable[[], Any], state: AppState, backend: Backend, engine: Engine,
+                 served: ServedModel, body: bytes, fmt_in: str, fmt: str) -> Response:
     t0 = engine.now()
-    call = parse_infer(decode_body(body, fmt_in, state.limits), served, state.config)
+    # the common valid request on the short path; anything else (bad input included) is
+    # decoded and checked again in full, which decides and words the error
+    call = None
+    if fmt_in == "msgpack":
+        obj = decode_msgpack_common(body, state.limits)
+        if obj is not None:
+            call = parse_infer_common(obj, served, state.config)
+    if call is None:
+        call = parse_infer(decode_body(body, fmt_in, state.limits), served, state.config)
     name = served.name
     try:
         if served.preprocess_in_thread:
@@ -524,7 +567,7 @@ async def _infer(request: Request, state: AppState, backend: Backend, engine: En
                        headers={"Retry-After": str(state.config.retry_after_s)},
                        details={"queue_depth": engine.queue_depth(), "reason": rejected.reason})
 
-    gone = await waiter.wait(request)
+    gone = await waiter.wait(receive)
     m = state.metrics
     key = (name,)
     for r in reqs:
@@ -539,7 +582,6 @@ async def _infer(request: Request, state: AppState, backend: Backend, engine: En
     if any(r.outcome not in SUCCESS for r in reqs):
         raise _outcome_error(reqs, state.config)
 
-    fmt = _fmt(request)
     binary = fmt == "msgpack"
     try:
         # built in wire form directly: only the model's outputs need converting (the other
@@ -653,7 +695,7 @@ class _ItemWaiter:
         if self.remaining <= 0:
             done.set_result(False)
 
-    async def wait(self, request: Request) -> bool:
+    async def wait(self, receive: Callable[[], Any]) -> bool:
         """Wait for every item; True if the client went away first (queued items cancelled)."""
         loop, done, engine = self.mailbox.loop, self.done, self.engine
         watcher: asyncio.Task | None = None
@@ -667,7 +709,7 @@ class _ItemWaiter:
         def start_watcher() -> None:
             nonlocal watcher
             if not done.done():
-                watcher = loop.create_task(_wait_disconnect(request))
+                watcher = loop.create_task(_wait_disconnect(receive))
                 watcher.add_done_callback(on_disconnect)
 
         timer = loop.call_later(DISCONNECT_WATCH_AFTER_S, start_watcher)
@@ -796,13 +838,12 @@ class InferFastPath:
                 name = path[len(_INFER_PREFIX): -len(_INFER_SUFFIX)]
                 if name and "/" not in name:
                     scope["path_params"] = {"model": name}
-                    request = Request(scope, receive, send)
                     try:
-                        response = await infer(request)
+                        response = await infer_scope(scope, receive, name)
                     except ApiError as e:
-                        response = await _api_error(request, e)
+                        response = await _api_error(Request(scope, receive, send), e)
                     except Exception as e:  # as the routed path's handler: 500, logged
-                        response = await _internal_error(request, e)
+                        response = await _internal_error(Request(scope, receive, send), e)
                     await response(scope, receive, send)
                     return
         await self.app(scope, receive, send)

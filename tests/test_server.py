@@ -496,19 +496,25 @@ def test_infer_fast_path_sits_after_auth_and_routes_the_rest(monkeypatch):
 
     app = create_app(lambda: make_backend(), ServerConfig(wait_ready=True, api_key="k"))
     assert [m.cls for m in app.user_middleware] == [BearerAuth, app_mod.InferFastPath]
-    routed = []
-    real = app_mod.infer
+    fast, routed = [], []
+    real_scope, real_routed = app_mod.infer_scope, app_mod.infer
 
-    async def spy(request):
+    async def spy_scope(scope, receive, name):
+        fast.append(scope["path"])
+        return await real_scope(scope, receive, name)
+
+    async def spy_routed(request):
         routed.append(request.url.path)
-        return await real(request)
+        return await real_routed(request)
 
     with TestClient(create_app(lambda: make_backend(), ServerConfig(wait_ready=True))) as c:
-        monkeypatch.setattr(app_mod, "infer", spy)  # the fast path looks it up at call time
+        # the fast path looks infer_scope up at call time; the router holds infer itself
+        monkeypatch.setattr(app_mod, "infer_scope", spy_scope)
+        monkeypatch.setattr(app_mod, "infer", spy_routed)
         x = np.ones((8, 8), np.float32)
         r = post(c, IMG, {"inputs": [array_to_wire(x, True)]})
-        assert r.status_code == 200 and routed == [f"/v1/models/{IMG}/infer"]
+        assert r.status_code == 200 and fast == [f"/v1/models/{IMG}/infer"] and routed == []
         assert c.get(f"/v1/models/{IMG}/infer").status_code == 405
         r = c.post("/v1/models/a/b/infer", content=b"\x80", headers={"content-type": MP})
         assert r.status_code == 404 and msgpack.unpackb(r.content)["code"] == "not_found"
-        assert routed == [f"/v1/models/{IMG}/infer"]
+        assert fast == [f"/v1/models/{IMG}/infer"] and routed == []
