@@ -518,3 +518,23 @@ def test_infer_fast_path_sits_after_auth_and_routes_the_rest(monkeypatch):
         r = c.post("/v1/models/a/b/infer", content=b"\x80", headers={"content-type": MP})
         assert r.status_code == 404 and msgpack.unpackb(r.content)["code"] == "not_found"
         assert fast == [f"/v1/models/{IMG}/infer"] and routed == []
+
+
+def test_gc_tuned_once_ready_and_restored_at_shutdown():
+    """ServerConfig.gc_threshold: once ready, the start-up heap is frozen and the young
+    generation's threshold raised; shutdown restores both. None leaves the GC alone."""
+    import gc
+
+    before = gc.get_threshold()
+    try:
+        with start(config=ServerConfig(wait_ready=True, gc_threshold=12_345)) as c:
+            assert gc.get_threshold() == (max(12_345, before[0]), *before[1:])
+            assert gc.get_freeze_count() > 0
+            assert post(c, IMG, {"inputs": [array_to_wire(image(), True)]}).status_code == 200
+        assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+        with start(config=ServerConfig(wait_ready=True, gc_threshold=None)):
+            assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    finally:
+        gc.set_threshold(*before)
+    with pytest.raises(ValueError, match="gc_threshold"):
+        ServerConfig(gc_threshold=0)
