@@ -625,38 +625,49 @@ async def _infer(receive: Callable[[], Any], state: AppState, backend: Backend, 
     gone = await waiter.wait(receive)
     m = state.metrics
     key = (name,)
+    queue_h, run_h = m.queue_c[key], m.run_c[key]
+    ok = True  # every item succeeded
     for r in reqs:
-        if r.outcome is not None:
-            m.outcome(name, r.outcome)
+        outcome = r.outcome
+        if outcome is not None:
+            m.outcome(name, outcome)
             if r.start_ms is not None:
-                m.queue_c[key].observe(max(0.0, r.start_ms - r.arrival_ms) / 1000.0)
-                if r.finish_ms is not None and r.outcome in SUCCESS:
-                    m.run_c[key].observe(max(0.0, r.finish_ms - r.start_ms) / 1000.0)
+                queue_h.observe(max(0.0, r.start_ms - r.arrival_ms) / 1000.0)
+                if r.finish_ms is not None and outcome in SUCCESS:
+                    run_h.observe(max(0.0, r.finish_ms - r.start_ms) / 1000.0)
+        ok = ok and outcome in SUCCESS
     if gone:
         return Response(status_code=499)
-    if any(r.outcome not in SUCCESS for r in reqs):
+    if not ok:
         raise _outcome_error(reqs, state.config)
 
     binary = fmt == "msgpack"
     try:
         # built in wire form directly: only the model's outputs need converting (the other
         # fields are Python scalars / strings already), and an ndarray output, the usual
-        # one, skips to_wire's type dispatch
+        # one, skips to_wire's type dispatch; one pass over the items
+        outputs, exits, item_status = [], [], []
+        on_time = True
+        queue_ms = run_ms = None
+        for r in reqs:
+            o = r.output
+            outputs.append(array_to_wire(o, binary) if type(o) is np.ndarray else to_wire(o, binary))
+            exits.append(r.exit_index)
+            item_status.append(str(r.outcome))
+            on_time = on_time and r.outcome is Outcome.ON_TIME
+            q, run = r.start_ms - r.arrival_ms, r.finish_ms - r.start_ms
+            queue_ms = q if queue_ms is None or q > queue_ms else queue_ms
+            run_ms = run if run_ms is None or run > run_ms else run_ms
         answer = {
             "id": call.id,
             "model": name,
-            "status": "on_time" if all(r.outcome is Outcome.ON_TIME for r in reqs) else "late",
-            "outputs": [array_to_wire(o, binary) if type(o) is np.ndarray else to_wire(o, binary)
-                        for o in (r.output for r in reqs)],
-            "exit": [r.exit_index for r in reqs],
-            "item_status": [str(r.outcome) for r in reqs],
+            "status": "on_time" if on_time else "late",
+            "outputs": outputs,
+            "exit": exits,
+            "item_status": item_status,
             "slo_ms": call.slo_ms,
             "tag": call.tag,
-            "timing": {
-                "queue_ms": _num(max(r.start_ms - r.arrival_ms for r in reqs)),
-                "run_ms": _num(max(r.finish_ms - r.start_ms for r in reqs)),
-                "total_ms": _num(engine.now() - t0),
-            },
+            "timing": {"queue_ms": _num(queue_ms), "run_ms": _num(run_ms), "total_ms": _num(engine.now() - t0)},
         }
         return _Answer(encode_body(answer, fmt), fmt)
     except (TypeError, ValueError) as e:
@@ -679,13 +690,42 @@ class Mailbox:
     the GIL no post is ever left behind.
     """
 
-    __slots__ = ("_q", "loop", "scheduled", "thread")
+    __slots__ = ("_q", "_sweep", "_waiting", "loop", "scheduled", "thread")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.thread = threading.get_ident()  # the loop's thread (made from a coroutine)
         self._q: deque = deque()
         self.scheduled = False
+        # waiters not yet watching for a disconnect, oldest first, with their start time;
+        # one timer for all of them (see _ItemWaiter)
+        self._waiting: dict[_ItemWaiter, float] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+
+    def watch_later(self, waiter: _ItemWaiter) -> None:
+        """Call ``waiter.start_watcher()`` DISCONNECT_WATCH_AFTER_S from now, unless
+        ``unwatch(waiter)`` comes first (in the loop)."""
+        self._waiting[waiter] = self.loop.time()
+        if self._sweep is None:
+            self._sweep = self.loop.call_later(DISCONNECT_WATCH_AFTER_S, self._due)
+
+    def unwatch(self, waiter: _ItemWaiter) -> None:
+        self._waiting.pop(waiter, None)
+
+    def _due(self) -> None:
+        self._sweep = None
+        waiting = self._waiting
+        due = self.loop.time() - DISCONNECT_WATCH_AFTER_S
+        while waiting:
+            waiter, t = next(iter(waiting.items()))
+            if t > due:  # the oldest is not due yet: come back when it is
+                self._sweep = self.loop.call_at(t + DISCONNECT_WATCH_AFTER_S, self._due)
+                return
+            del waiting[waiter]
+            try:
+                waiter.start_watcher()
+            except Exception:  # one waiter's failure must not stop the others' watch
+                log.exception("cannot watch for a client's disconnect")
 
     def post(self, fn: Callable[[Any], None], arg: Any) -> None:
         self._q.append((fn, arg))
@@ -716,10 +756,11 @@ class _ItemWaiter:
     Cost on the hot path: no Future per item and at most one loop wake-up per
     batch of answers. Watching for a disconnect needs a task reading the ASGI
     receive channel; most requests are answered within milliseconds, so that task
-    is started lazily, by a timer, only if the items are not all done after
+    is started lazily, only if the items are not all done after
     ``DISCONNECT_WATCH_AFTER_S``: a client that disconnects while queued is noticed
     at most that much later than with an eager watcher, and its queued items
-    cancelled.
+    cancelled. The delay is kept by the mailbox's one timer for all waiters
+    (``Mailbox.watch_later``), not a timer per request.
     """
 
     __slots__ = ("done", "engine", "failed", "mailbox", "receive", "remaining", "reqs", "watcher")
@@ -756,7 +797,8 @@ class _ItemWaiter:
     async def wait(self, receive: Callable[[], Any]) -> bool:
         """Wait for every item; True if the client went away first (queued items cancelled)."""
         self.receive = receive
-        timer = self.mailbox.loop.call_later(DISCONNECT_WATCH_AFTER_S, self._start_watcher)
+        mailbox = self.mailbox
+        mailbox.watch_later(self)
         try:
             # never cancel the engine's work from here: await our own future
             gone = await self.done
@@ -767,7 +809,7 @@ class _ItemWaiter:
             self._cancel_all()
             raise
         finally:
-            timer.cancel()
+            mailbox.unwatch(self)
             if self.watcher is not None:
                 self.watcher.cancel()
             self.receive = self.watcher = None
@@ -776,7 +818,7 @@ class _ItemWaiter:
         for r in self.reqs:
             self.engine.cancel(r)
 
-    def _start_watcher(self) -> None:  # the timer, in the loop
+    def start_watcher(self) -> None:  # from the mailbox's timer, in the loop
         if not self.done.done() and self.receive is not None:
             self.watcher = self.mailbox.loop.create_task(_wait_disconnect(self.receive))
             self.watcher.add_done_callback(self._on_disconnect)

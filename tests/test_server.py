@@ -538,3 +538,38 @@ def test_gc_tuned_once_ready_and_restored_at_shutdown():
         gc.set_threshold(*before)
     with pytest.raises(ValueError, match="gc_threshold"):
         ServerConfig(gc_threshold=0)
+
+
+def test_mailbox_starts_disconnect_watchers_after_the_delay_with_one_timer():
+    """Mailbox.watch_later: each waiter's start_watcher runs once, no sooner than
+    DISCONNECT_WATCH_AFTER_S after it was registered, oldest first; unwatch cancels it."""
+    import asyncio
+
+    import server.app as app_mod
+
+    class W:
+        def __init__(self, log):
+            self.log = log
+
+        def start_watcher(self):
+            self.log.append((self, asyncio.get_running_loop().time()))
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        mb = app_mod.Mailbox(loop)
+        log: list = []
+        a, b, c = W(log), W(log), W(log)
+        t0 = loop.time()
+        mb.watch_later(a)
+        await asyncio.sleep(0.02)
+        t1 = loop.time()
+        mb.watch_later(b)
+        mb.watch_later(c)
+        mb.unwatch(c)
+        await asyncio.sleep(app_mod.DISCONNECT_WATCH_AFTER_S + 0.1)
+        assert [w for w, _ in log] == [a, b]
+        assert log[0][1] >= t0 + app_mod.DISCONNECT_WATCH_AFTER_S - 1e-3
+        assert log[1][1] >= t1 + app_mod.DISCONNECT_WATCH_AFTER_S - 1e-3
+        assert mb._sweep is None and not mb._waiting
+
+    asyncio.run(run())
