@@ -1,6 +1,6 @@
 """What the HTTP front end costs: the orloj server with a zero-time device vs a bare app.
 
-    python -m bench.http_overhead [--duration 10] [--conns 64] [--policies orloj,fifo]
+    python -m bench.http_overhead [--duration 10] [--conns 64] [--policies orloj,fifo] [--max-batch 64]
 
 Each server runs alone, in a subprocess, on a free loopback port, on uvicorn (uvloop +
 httptools, one worker, no access log):
@@ -9,11 +9,16 @@ httptools, one worker, no access log):
   ``msgpack.unpackb`` and answers it re-encoded (``msgpack.packb``): the floor of any
   msgpack-over-Starlette server;
 - **orloj/<policy>**: ``server.app.create_app`` around the fake backend of
-  ``server/testing.py`` (model ``img``, 8x8 images, batch buckets 1/2/4) with an
-  executor that does no work (``ZeroExecutor``: outputs of zeros, ~0 ms device time),
-  so what is measured is the full request path: body limits, msgpack decode with
-  limits, validation, preprocessing, the engine's submit / scheduler / device thread /
-  future hand-off, metrics, the answer's encoding.
+  ``server/testing.py`` (model ``img``, 8x8 images) with an executor that does no work
+  (``ZeroExecutor``: outputs of zeros, ~0 ms device time), so what is measured is the
+  full request path: body limits, msgpack decode with limits, validation,
+  preprocessing, the engine's submit / scheduler / device thread / answer hand-off,
+  metrics, the answer's encoding. The model's batch buckets are 1, 2, 4, ... up to
+  ``--max-batch``, 64 by default as the served models' (``minilm`` and ``digits``:
+  1..64). Until session 4 of issue 5 they were 1/2/4, the test fake's; with 64
+  connections that ran a batch (a policy decision, a device-thread wake-up, a hand-off)
+  per 3-4 requests, which no real configuration does. ``--max-batch 4`` measures that
+  configuration.
 
 The request is the same for both: ``{"inputs": [8x8 float32 array as bytes], "slo_ms":
 1000}`` (about 300 bytes). Two measurements per server:
