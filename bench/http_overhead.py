@@ -1,6 +1,6 @@
 """What the HTTP front end costs: the orloj server with a zero-time device vs a bare app.
 
-    python -m bench.http_overhead [--duration 10] [--conns 64] [--policies orloj,fifo]
+    python -m bench.http_overhead [--duration 10] [--conns 64] [--policies orloj,fifo] [--max-batch 64]
 
 Each server runs alone, in a subprocess, on a free loopback port, on uvicorn (uvloop +
 httptools, one worker, no access log):
@@ -9,11 +9,16 @@ httptools, one worker, no access log):
   ``msgpack.unpackb`` and answers it re-encoded (``msgpack.packb``): the floor of any
   msgpack-over-Starlette server;
 - **orloj/<policy>**: ``server.app.create_app`` around the fake backend of
-  ``server/testing.py`` (model ``img``, 8x8 images, batch buckets 1/2/4) with an
-  executor that does no work (``ZeroExecutor``: outputs of zeros, ~0 ms device time),
-  so what is measured is the full request path: body limits, msgpack decode with
-  limits, validation, preprocessing, the engine's submit / scheduler / device thread /
-  future hand-off, metrics, the answer's encoding.
+  ``server/testing.py`` (model ``img``, 8x8 images) with an executor that does no work
+  (``ZeroExecutor``: outputs of zeros, ~0 ms device time), so what is measured is the
+  full request path: body limits, msgpack decode with limits, validation,
+  preprocessing, the engine's submit / scheduler / device thread / answer hand-off,
+  metrics, the answer's encoding. The model's batch buckets are 1, 2, 4, ... up to
+  ``--max-batch``, 64 by default as the served models' (``minilm`` and ``digits``:
+  1..64). Until session 4 of issue 5 they were 1/2/4, the test fake's; with 64
+  connections that ran a batch (a policy decision, a device-thread wake-up, a hand-off)
+  per 3-4 requests, which no real configuration does. ``--max-batch 4`` measures that
+  configuration.
 
 The request is the same for both: ``{"inputs": [8x8 float32 array as bytes], "slo_ms":
 1000}`` (about 300 bytes). Two measurements per server:
@@ -88,7 +93,7 @@ def bare_app():
                              Route("/health/ready", ready, methods=["GET"])])
 
 
-def orloj_app(policy: str):
+def orloj_app(policy: str, max_batch: int = 64):
     from orloj_jax.executor import Executor
     from orloj_jax.scheduler import Batch, BatchResult
     from server.app import ServerConfig, create_app
@@ -105,18 +110,20 @@ def orloj_app(policy: str):
             return BatchResult(device_ms=ms, solo_ms=np.full(n, ms), exit_index=[0] * n, outputs=outs)
 
     def factory():
-        return make_backend(executor=ZeroExecutor(), policy=policy, max_queue=100_000, seed_ms=0.01)
+        buckets = tuple(b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b < max_batch) + (max_batch,)
+        return make_backend(executor=ZeroExecutor(), policy=policy, max_queue=100_000, seed_ms=0.01,
+                            img_batch_buckets=buckets)
 
     return create_app(factory, ServerConfig(wait_ready=True))
 
 
-def serve_child(kind: str, policy: str) -> None:
+def serve_child(kind: str, policy: str, max_batch: int = 64) -> None:
     """Bind 127.0.0.1:0, print ``PORT n``, serve until SIGTERM / SIGINT."""
     import socket
 
     import uvicorn
 
-    app = bare_app() if kind == "bare" else orloj_app(policy)
+    app = bare_app() if kind == "bare" else orloj_app(policy, max_batch)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -127,9 +134,10 @@ def serve_child(kind: str, policy: str) -> None:
 
 
 @contextlib.contextmanager
-def server_process(kind: str, policy: str = "orloj", start_timeout_s: float = 60.0):
+def server_process(kind: str, policy: str = "orloj", start_timeout_s: float = 60.0, max_batch: int = 64):
     """A server subprocess; yields its URL; terminated (its own pid only) on exit."""
-    cmd = [sys.executable, "-m", "bench.http_overhead", "--serve", kind, "--policy", policy]
+    cmd = [sys.executable, "-m", "bench.http_overhead", "--serve", kind, "--policy", policy,
+           "--max-batch", str(max_batch)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=env,
                             cwd=str(Path(__file__).resolve().parent.parent))
@@ -213,7 +221,7 @@ def sequential_latency(url: str, req: bytes, n: int) -> dict[str, float]:
 
 def measure(kind: str, policy: str, a: argparse.Namespace, script: Path | None, body: bytes) -> dict[str, Any]:
     name = "bare" if kind == "bare" else f"orloj/{policy}"
-    with server_process(kind, policy) as url:
+    with server_process(kind, policy, max_batch=a.max_batch) as url:
         req = _request_bytes(_infer_head(url, IMG_MODEL), body)
         seq = sequential_latency(url, req, a.seq)
         if script is not None:
@@ -247,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.http_overhead", description=__doc__.split("\n")[0])
     p.add_argument("--serve", choices=["orloj", "bare"], help=argparse.SUPPRESS)  # child process
     p.add_argument("--policy", default="orloj", help=argparse.SUPPRESS)
+    p.add_argument("--max-batch", type=int, default=64,
+                   help="largest batch bucket of the fake model (buckets 1, 2, 4, ... up to it)")
     p.add_argument("--policies", default="orloj,fifo", help="orloj server policies to measure")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per throughput run")
     p.add_argument("--conns", type=int, default=64, help="keep-alive connections of the throughput run")
@@ -256,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the rows here")
     a = p.parse_args(argv)
     if a.serve:
-        serve_child(a.serve, a.policy)
+        serve_child(a.serve, a.policy, a.max_batch)
         return 0
     body = request_body()
     wrk = None if a.no_wrk else shutil.which("wrk")

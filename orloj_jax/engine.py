@@ -64,7 +64,7 @@ class Engine:
         self.owns_executor = owns_executor  # close it at shutdown (False: it serves later engines)
         self.clock = clock
         self._lock = threading.RLock()  # guards the scheduler and _pending
-        self._wake = threading.Event()
+        self._wake = _Wakeup()  # threading.Event's set/clear/wait for the one device thread
         self._idle = False  # the device thread sleeps (or is about to): submit must wake it
         self._inbox: deque[tuple[Request, Sink]] = deque()
         self._pending: dict[int, tuple[Request, Sink]] = {}  # every request in the scheduler
@@ -423,3 +423,38 @@ class _Learner:
                 done.put(e)
             else:
                 done.put(None)
+
+
+class _Wakeup:
+    """``threading.Event``'s ``set`` / ``clear`` / ``wait`` for one waiting thread, on one
+    lock: the flag is set while the lock is released.
+
+    ``Event.set`` goes through a ``Condition`` in Python (a lock taken and released,
+    ``notify_all``); the server calls it on nearly every submission while the device
+    thread sleeps, so it was a few percent of the event loop's time. Here ``set`` is a
+    lock release, skipped when already set; ``wait`` (device thread only) takes the lock,
+    so it also clears the flag, which the device loop clears before each wait anyway.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()  # held: not set
+
+    def set(self) -> None:
+        if self._lock.locked():
+            try:  # noqa: SIM105 - cheaper than contextlib.suppress
+                self._lock.release()
+            except RuntimeError:  # set by another thread meanwhile
+                pass
+
+    def clear(self) -> None:
+        self._lock.acquire(blocking=False)
+
+    def is_set(self) -> bool:
+        return not self._lock.locked()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True if set (and now cleared), False after ``timeout`` seconds."""
+        return self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout))

@@ -121,11 +121,14 @@ class FakeExecutor(Executor):
 
 
 def make_backend(executor: Executor | None = None, policy: str = "fifo", max_queue: int = 100,
-                 seed_ms: float | None = None, warm: bool = True, **policy_options: Any) -> Backend:
+                 seed_ms: float | None = None, warm: bool = True,
+                 img_batch_buckets: tuple[int, ...] = FakeImages.batch_buckets, **policy_options: Any) -> Backend:
+    """The fake backend: models ``img`` and ``txt``; ``img_batch_buckets`` overrides the
+    image model's batch buckets (default 1/2/4, what the tests expect), all warmed."""
     lat = LatencyModel()
     if seed_ms is not None:
         lat.seed(IMG, "image", np.full(50, seed_ms), 8)
-    specs = [ModelSpec(IMG, FakeImages.batch_buckets, FakeImages.shape_buckets),
+    specs = [ModelSpec(IMG, tuple(img_batch_buckets), FakeImages.shape_buckets),
              ModelSpec(TXT, FakeText.batch_buckets, FakeText.shape_buckets)]
     sched = Scheduler(make_policy(policy, **policy_options), specs, lat, SchedulerConfig(max_queue=max_queue))
     models = {
@@ -133,7 +136,7 @@ def make_backend(executor: Executor | None = None, policy: str = "fifo", max_que
         TXT: ServedModel(TXT, FakeText(), TextInput(max_chars=200), 1000.0, "text",
                          preprocess_in_thread=True),
     }
-    shapes = {IMG: [(1, 8), (2, 8), (4, 8)], TXT: [(1, 4)]} if warm else {}
+    shapes = {IMG: [(bb, 8) for bb in img_batch_buckets], TXT: [(1, 4)]} if warm else {}
     return Backend(models, sched, executor or FakeExecutor(), policy, warm_shapes=shapes)
 
 

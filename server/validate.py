@@ -65,6 +65,9 @@ class ArrayInput:
             np.dtype(d)
         object.__setattr__(self, "shapes", shapes)
         object.__setattr__(self, "canonical", canon)
+        # (dtype name, shape) -> (wire dtype, byte length): the lookup of the fast path
+        object.__setattr__(self, "_accepted", {(d, s): (_wire_dtype(d), math.prod(s) * _wire_dtype(d).itemsize)
+                                               for d in self.dtypes for s in shapes})
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "shapes": [list(s) for s in self.shapes],
@@ -91,6 +94,95 @@ class InferCall:
     tag: str
     id: str | int | None
     early_exit: bool
+
+
+def parse_infer_common(obj: Any, served: ServedModel, config: ServerConfig) -> InferCall | None:
+    """The common, valid request, checked with fewer steps: what :func:`parse_infer` would
+    return for ``obj``, or None for anything else (never an error: ``parse_infer`` then
+    checks everything again and raises its own error, so bad input is answered exactly
+    as before).
+
+    Common means: a map of known fields whose ``inputs`` are strings (text) or array maps
+    ``{dtype, shape, data}`` with ``data`` in bytes (arrays), every value of its exact
+    type. Array data in nested lists, integer ``slo_ms`` beyond the float range and the
+    like go to ``parse_infer``.
+    """
+    if type(obj) is not dict or not obj.keys() <= INFER_FIELDS:
+        return None
+    spec = served.input
+    raw = obj.get("inputs")
+    if type(raw) is list:
+        items = raw
+    elif type(raw) is dict and spec.kind == "array" or type(raw) is str and spec.kind == "text":
+        items = [raw]
+    else:
+        return None
+    if not items or len(items) > config.max_items:
+        return None
+    if spec.kind == "text":
+        for v in items:
+            if type(v) is not str or len(v) > spec.max_chars or not _is_unicode(v):
+                return None
+        inputs: list[Any] = items
+    else:
+        inputs = []
+        for v in items:
+            arr = _common_array(v, spec)
+            if arr is None:
+                return None
+            inputs.append(arr)
+    slo = obj.get("slo_ms", served.default_slo_ms)
+    if (type(slo) is not float and type(slo) is not int) or not 0 < slo <= config.max_slo_ms:
+        return None  # NaN fails the comparison too
+    tag = obj.get("tag", served.default_tag)
+    if type(tag) is not str or len(tag) > config.max_tag_len or not TAG_RE.fullmatch(tag):
+        return None
+    rid = obj.get("id")
+    if rid is not None:
+        if type(rid) is str:
+            if len(rid) > config.max_id_len or not _is_unicode(rid):
+                return None
+        elif type(rid) is not int or not -(2**63) <= rid < 2**63:
+            return None
+    ee = obj.get("early_exit", True)
+    if type(ee) is not bool:
+        return None
+    return InferCall(inputs, float(slo), tag, rid, ee)
+
+
+def _common_array(v: Any, spec: ArrayInput) -> np.ndarray | None:
+    """``_check_array``'s result for an array map with data in bytes, of an accepted dtype
+    and shape and with finite values; None for anything else."""
+    if type(v) is not dict or len(v) != 3:
+        return None
+    dtype, shape, data = v.get("dtype"), v.get("shape"), v.get("data")
+    if type(data) is not bytes or type(shape) is not list or type(dtype) is not str:
+        return None
+    for d in shape:
+        if type(d) is not int:  # bool too (True == 1 would find the shape below)
+            return None
+    shp = tuple(shape)
+    got = spec._accepted.get((dtype, shp))
+    if got is None or len(data) != got[1]:
+        return None
+    dt = got[0]
+    arr = np.frombuffer(data, dtype=dt).reshape(shp)
+    if dt.kind == "f":
+        if not _all_finite(arr):
+            return None
+        if dt.itemsize <= 4:
+            return arr.astype(np.float32).reshape(spec.canonical)
+    with np.errstate(over="ignore"):
+        arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        return None
+    return arr.reshape(spec.canonical)
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    """``np.isfinite(arr).all()``, without ``ndarray.all``'s Python wrapper (0.7 us
+    against 1.3 us for an 8x8 image)."""
+    return np.count_nonzero(np.isfinite(arr)) == arr.size
 
 
 def parse_infer(obj: Any, served: ServedModel, config: ServerConfig) -> InferCall:

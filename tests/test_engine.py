@@ -413,3 +413,28 @@ def test_learn_late_default_follows_the_executor(config, uses_host, late):
     ex = Flaky()
     ex.uses_host = uses_host
     assert Engine(sched, ex).learn_late is late
+
+
+def test_wakeup_is_an_event_for_one_waiter():
+    """engine._Wakeup: set / clear / wait as threading.Event, except that a successful
+    wait clears the flag (the device loop clears it before every wait anyway)."""
+    import threading
+    import time
+
+    from orloj_jax.engine import _Wakeup
+
+    w = _Wakeup()
+    assert not w.is_set() and not w.wait(0) and not w.wait(0.01)
+    w.set()
+    w.set()  # idempotent
+    assert w.is_set() and w.wait(0) and not w.is_set()
+    w.set()
+    w.clear()
+    w.clear()
+    assert not w.is_set() and not w.wait(0)
+    t = threading.Timer(0.05, w.set)
+    t.start()
+    t0 = time.monotonic()
+    assert w.wait(10) and time.monotonic() - t0 < 5  # woken by another thread
+    t.join()
+    assert not w.wait(-1.0)  # a negative timeout returns at once, as Event.wait's

@@ -1,6 +1,8 @@
 """Fuzzing the decoder (server.codec) and the validator (server.validate) with hypothesis:
 whatever the bytes or the structure, the outcome is a valid parse or an ApiError with a
-4xx status, never another exception."""
+4xx status, never another exception; and the short path of the common request
+(decode_msgpack_common + parse_infer_common) accepts only what the full one accepts, with
+the same result."""
 
 from __future__ import annotations
 
@@ -13,10 +15,17 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from server.app import ServerConfig
-from server.codec import DecodeLimits, decode_body
+from server.codec import DecodeLimits, decode_body, decode_msgpack_common
 from server.errors import ApiError
 from server.testing import IMG, TXT, make_backend
-from server.validate import ARRAY_FIELDS, DEFAULT_DTYPES, INFER_FIELDS, InferCall, parse_infer
+from server.validate import (
+    ARRAY_FIELDS,
+    DEFAULT_DTYPES,
+    INFER_FIELDS,
+    InferCall,
+    parse_infer,
+    parse_infer_common,
+)
 
 CONFIG = ServerConfig(max_body_bytes=1 << 16)
 LIMITS = CONFIG.limits()
@@ -35,7 +44,38 @@ def outcome(fn, *args):
     return "ok"
 
 
+def same_call(a: InferCall, b: InferCall) -> bool:
+    return (len(a.inputs) == len(b.inputs) and (a.slo_ms, a.tag, a.id, a.early_exit) == (b.slo_ms, b.tag, b.id, b.early_exit)
+            and type(a.slo_ms) is type(b.slo_ms) is float and type(a.id) is type(b.id)
+            and all(type(x) is type(y) and (x == y if isinstance(x, str) else
+                                             x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y))
+                    for x, y in zip(a.inputs, b.inputs, strict=True)))
+
+
+def common_agrees(obj) -> None:
+    """parse_infer_common(obj) is None or exactly parse_infer(obj) (which then succeeds)."""
+    for name in (IMG, TXT):
+        fast = parse_infer_common(obj, SERVED[name], CONFIG)
+        if fast is not None:
+            assert outcome(parse_infer, obj, SERVED[name], CONFIG) == "ok", obj
+            assert same_call(fast, parse_infer(obj, SERVED[name], CONFIG)), obj
+
+
+def wire_agrees(data: bytes) -> None:
+    """A msgpack body the short path accepts is one the full path accepts, with the same call."""
+    loose = decode_msgpack_common(data, LIMITS)
+    if loose is None:
+        return
+    for name in (IMG, TXT):
+        fast = parse_infer_common(loose, SERVED[name], CONFIG)
+        if fast is not None:
+            assert outcome(decode_body, data, "msgpack", LIMITS) == "ok", data
+            strict = decode_body(data, "msgpack", LIMITS)
+            assert same_call(fast, parse_infer(strict, SERVED[name], CONFIG)), data
+
+
 def parse_both(obj) -> None:
+    common_agrees(obj)
     for name in (IMG, TXT):
         code = outcome(parse_infer, obj, SERVED[name], CONFIG)
         if code == "ok":
@@ -54,6 +94,7 @@ def parse_both(obj) -> None:
 @FUZZ
 @given(st.binary(max_size=512))
 def test_decoder_on_arbitrary_bytes(data):
+    wire_agrees(data)
     for fmt in ("msgpack", "json"):
         code = outcome(decode_body, data, fmt, LIMITS)
         assert code in ("ok", "bad_body")
@@ -74,6 +115,7 @@ def test_decoder_on_mutated_valid_bodies(flips, cut, tail):
     for i, b in flips:
         data[i] = b
     data = bytes(data[:cut]) + tail
+    wire_agrees(data)
     code = outcome(decode_body, data, "msgpack", LIMITS)
     assert code in ("ok", "bad_body")
     if code == "ok":
@@ -165,6 +207,7 @@ def test_validator_on_near_valid_bodies(obj):
     except (OverflowError, UnicodeEncodeError):  # an int beyond 64 bits, a lone surrogate: unsendable
         packed = b""
     if packed and len(packed) <= LIMITS.max_buffer_size:
+        wire_agrees(packed)
         code = outcome(decode_body, packed, "msgpack", LIMITS)
         assert code in ("ok", "bad_body")
         if code == "ok":
@@ -176,3 +219,41 @@ def test_validator_on_near_valid_bodies(obj):
     code = outcome(decode_body, text, "json", LIMITS)
     if code == "ok":
         parse_both(decode_body(text, "json", LIMITS))
+
+
+def _arr(x: np.ndarray, **over) -> dict:
+    return {"dtype": x.dtype.name, "shape": list(x.shape), "data": x.tobytes(), **over}
+
+
+def test_common_path_takes_the_usual_requests_and_leaves_the_rest():
+    """The short path accepts the usual request (same call as the full path) and leaves
+    every near miss to the full path, bytes keys included (msgpack without the key hook
+    decodes them; the full decoder refuses them with bad_body)."""
+    x = np.arange(64, dtype=np.float32).reshape(8, 8)
+    img, txt = SERVED[IMG], SERVED[TXT]
+    usual = [{"inputs": [_arr(x)], "slo_ms": 50}, {"inputs": _arr(x), "slo_ms": 7, "tag": "a.b", "id": "r1"},
+             {"inputs": [_arr(x), _arr(x.reshape(64).astype(np.uint8))], "early_exit": False, "id": -5},
+             {"inputs": [_arr(x.astype(np.float64)), _arr(x.astype(np.float16).reshape(8, 8, 1))]}]
+    for obj in usual:
+        fast = parse_infer_common(obj, img, CONFIG)
+        assert fast is not None and same_call(fast, parse_infer(obj, img, CONFIG))
+        body = msgpack.packb(obj, use_bin_type=True)
+        assert same_call(parse_infer_common(decode_msgpack_common(body, LIMITS), img, CONFIG), fast)
+    assert same_call(parse_infer_common({"inputs": "a b"}, txt, CONFIG), parse_infer({"inputs": "a b"}, txt, CONFIG))
+    nan = x.copy()
+    nan[3, 3] = np.nan
+    big = np.full((8, 8), 1e300)
+    misses = [{"inputs": [_arr(x)], "slo_ms": True}, {"inputs": [_arr(x)], "slo_ms": 0}, {"inputs": [_arr(nan)]},
+              {"inputs": [_arr(big)]}, {"inputs": [_arr(x, shape=[True, 64])]}, {"inputs": [_arr(x, shape=[4, 16])]},
+              {"inputs": [_arr(x, dtype="float64")]}, {"inputs": [_arr(x, data=x.tolist())]},
+              {"inputs": [{**_arr(x), "order": "C"}]}, {"inputs": []}, {"inputs": [_arr(x)], "id": True},
+              {"inputs": [_arr(x)], "id": 2**63}, {"inputs": [_arr(x)], "tag": "-x"}, {"inputs": [_arr(x)], "x": 1},
+              {"inputs": [_arr(x)], "early_exit": 1}, {"inputs": [_arr(x)] * (CONFIG.max_items + 1)}, [_arr(x)]]
+    for obj in misses:
+        assert parse_infer_common(obj, img, CONFIG) is None, obj
+    for body in ({b"inputs": [_arr(x)]}, {"inputs": [{b"dtype": "float32", "shape": [8, 8], "data": x.tobytes()}]},
+                 {"inputs": [_arr(x)], "id": {b"k": 1}}):
+        packed = msgpack.packb(body, use_bin_type=True)
+        loose = decode_msgpack_common(packed, LIMITS)
+        assert loose is not None and parse_infer_common(loose, img, CONFIG) is None
+        assert outcome(decode_body, packed, "msgpack", LIMITS) == "bad_body"

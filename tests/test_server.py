@@ -496,19 +496,80 @@ def test_infer_fast_path_sits_after_auth_and_routes_the_rest(monkeypatch):
 
     app = create_app(lambda: make_backend(), ServerConfig(wait_ready=True, api_key="k"))
     assert [m.cls for m in app.user_middleware] == [BearerAuth, app_mod.InferFastPath]
-    routed = []
-    real = app_mod.infer
+    fast, routed = [], []
+    real_scope, real_routed = app_mod.infer_scope, app_mod.infer
 
-    async def spy(request):
+    async def spy_scope(scope, receive, name):
+        fast.append(scope["path"])
+        return await real_scope(scope, receive, name)
+
+    async def spy_routed(request):
         routed.append(request.url.path)
-        return await real(request)
+        return await real_routed(request)
 
     with TestClient(create_app(lambda: make_backend(), ServerConfig(wait_ready=True))) as c:
-        monkeypatch.setattr(app_mod, "infer", spy)  # the fast path looks it up at call time
+        # the fast path looks infer_scope up at call time; the router holds infer itself
+        monkeypatch.setattr(app_mod, "infer_scope", spy_scope)
+        monkeypatch.setattr(app_mod, "infer", spy_routed)
         x = np.ones((8, 8), np.float32)
         r = post(c, IMG, {"inputs": [array_to_wire(x, True)]})
-        assert r.status_code == 200 and routed == [f"/v1/models/{IMG}/infer"]
+        assert r.status_code == 200 and fast == [f"/v1/models/{IMG}/infer"] and routed == []
         assert c.get(f"/v1/models/{IMG}/infer").status_code == 405
         r = c.post("/v1/models/a/b/infer", content=b"\x80", headers={"content-type": MP})
         assert r.status_code == 404 and msgpack.unpackb(r.content)["code"] == "not_found"
-        assert routed == [f"/v1/models/{IMG}/infer"]
+        assert fast == [f"/v1/models/{IMG}/infer"] and routed == []
+
+
+def test_gc_tuned_once_ready_and_restored_at_shutdown():
+    """ServerConfig.gc_threshold: once ready, the start-up heap is frozen and the young
+    generation's threshold raised; shutdown restores both. None leaves the GC alone."""
+    import gc
+
+    before = gc.get_threshold()
+    try:
+        with start(config=ServerConfig(wait_ready=True, gc_threshold=12_345)) as c:
+            assert gc.get_threshold() == (max(12_345, before[0]), *before[1:])
+            assert gc.get_freeze_count() > 0
+            assert post(c, IMG, {"inputs": [array_to_wire(image(), True)]}).status_code == 200
+        assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+        with start(config=ServerConfig(wait_ready=True, gc_threshold=None)):
+            assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    finally:
+        gc.set_threshold(*before)
+    with pytest.raises(ValueError, match="gc_threshold"):
+        ServerConfig(gc_threshold=0)
+
+
+def test_mailbox_starts_disconnect_watchers_after_the_delay_with_one_timer():
+    """Mailbox.watch_later: each waiter's start_watcher runs once, no sooner than
+    DISCONNECT_WATCH_AFTER_S after it was registered, oldest first; unwatch cancels it."""
+    import asyncio
+
+    import server.app as app_mod
+
+    class W:
+        def __init__(self, log):
+            self.log = log
+
+        def start_watcher(self):
+            self.log.append((self, asyncio.get_running_loop().time()))
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        mb = app_mod.Mailbox(loop)
+        log: list = []
+        a, b, c = W(log), W(log), W(log)
+        t0 = loop.time()
+        mb.watch_later(a)
+        await asyncio.sleep(0.02)
+        t1 = loop.time()
+        mb.watch_later(b)
+        mb.watch_later(c)
+        mb.unwatch(c)
+        await asyncio.sleep(app_mod.DISCONNECT_WATCH_AFTER_S + 0.1)
+        assert [w for w, _ in log] == [a, b]
+        assert log[0][1] >= t0 + app_mod.DISCONNECT_WATCH_AFTER_S - 1e-3
+        assert log[1][1] >= t1 + app_mod.DISCONNECT_WATCH_AFTER_S - 1e-3
+        assert mb._sweep is None and not mb._waiting
+
+    asyncio.run(run())
