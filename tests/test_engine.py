@@ -438,3 +438,27 @@ def test_wakeup_is_an_event_for_one_waiter():
     assert w.wait(10) and time.monotonic() - t0 < 5  # woken by another thread
     t.join()
     assert not w.wait(-1.0)  # a negative timeout returns at once, as Event.wait's
+
+
+def test_short_batches_are_learned_at_once_even_with_learn_late():
+    """A batch shorter than Engine.LEARN_OVERLAP_MIN_MS is learned on the device thread
+    before the next decision: the learner's hand-off would cost more than it hides."""
+
+    class Quick(Executor):
+        def run(self, batch):
+            return BatchResult(device_ms=0.1, solo_ms=[0.1] * len(batch))
+
+    log: list = []
+    lat = LatencyModel()
+    lat.mark_all_warm(M)
+    sched = _Recorder(make_policy("fifo"), [ModelSpec(M, (1,))], lat, SchedulerConfig(learn_late=True), log=log)
+    eng = Engine(sched, Quick())
+    assert eng.learn_late
+    futs = [eng.submit(req(2, 1e12)) for _ in range(4)]
+    with eng:
+        wait(futs, timeout=10)
+    assert sched.stats["learned"] == 4
+    assert {e[2] for e in log if e[0] == "learn"} == {"orloj-device"}
+    ids = [e[1] for e in log if e[0] == "decide"]
+    pos = {e[:2]: i for i, e in enumerate(log)}
+    assert all(pos[("learn", a)] < pos[("decide", b)] for a, b in zip(ids, ids[1:], strict=False))
