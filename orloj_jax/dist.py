@@ -82,21 +82,27 @@ class EmpiricalDist:
         self.total += 1
         self._sorted = None
 
-    def extend(self, xs: Sequence[float] | np.ndarray) -> None:
+    def extend(self, xs: Sequence[float] | np.ndarray) -> float:
+        """Add samples; returns the largest of them (-inf when none)."""
         arr = np.asarray(xs, dtype=np.float64).ravel()
-        if arr.size and (not np.all(np.isfinite(arr)) or arr.min() < 0):
-            raise ValueError("execution times must be finite and >= 0")
+        hi = -np.inf
+        if arr.size:
+            # max < inf and min >= 0: both False for a NaN (max and min propagate it)
+            hi = float(arr.max())
+            if not (hi < np.inf and arr.min() >= 0):
+                raise ValueError("execution times must be finite and >= 0")
         if self.max_lag:
             npend = self._npend + arr.size
             if npend < int(self._n * self.max_lag):
                 self._pend.append(arr)
                 self._npend = npend
-                return
+                return hi
             if self._pend:
                 arr = np.concatenate([*self._pend, arr])
                 self._pend.clear()
                 self._npend = 0
         self._merge(arr)
+        return hi
 
     def flush(self) -> None:
         """Merge the samples still pending (see `max_lag`)."""
