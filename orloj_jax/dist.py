@@ -119,9 +119,10 @@ class EmpiricalDist:
 
     def _merge(self, arr: np.ndarray) -> None:
         # A few new samples into a sorted window: update the sorted copy in place of a
-        # full re-sort (the scheduler reads it at every decision; batches add 1-8 samples).
+        # full re-sort (the scheduler reads it at every decision; batches add 1-8 samples,
+        # merges after a lag (max_lag) up to ~1/64 of the window: 32 of 2,048).
         keep_sorted = None
-        if self._sorted is not None and 0 < arr.size <= 16 and arr.size < self.window:
+        if self._sorted is not None and 0 < arr.size <= 64 and arr.size < self.window:
             pos = (self._pos + np.arange(arr.size)) % self.window
             evicted = self._buf[pos[pos < self._pos]] if self._n < self.window else self._buf[pos]
             srt = self._sorted

@@ -158,10 +158,16 @@ class _Group:
                     x = s.searchsorted(u, "right") / s.size
                     out = np.log(x, out=x).astype(np.float32)[None]
                 else:
-                    out = np.empty((len(self.dists), *u.shape), dtype=np.float32)
+                    # one division and one log over every class (elementwise: the same values)
+                    c = len(self.dists)
+                    idx = np.empty((c, *u.shape), dtype=np.intp)
+                    sizes = np.empty((c, 1, 1, 1))
                     for i, d in enumerate(self.dists):
                         s = d.sorted()
-                        out[i] = np.log(s.searchsorted(u, "right") / s.size)
+                        idx[i] = s.searchsorted(u, "right")
+                        sizes[i] = s.size
+                    x = np.divide(idx, sizes)
+                    out = np.log(x, out=x).astype(np.float32)
             self._logfex = np.maximum(out, LOG_ZERO, out=out)
         return self._logfex
 
