@@ -156,6 +156,19 @@ class RequestQueue:
         reqs = list(reqs)
         if not reqs:
             return
+        r0 = reqs[0]
+        lst = self.by_class.get(r0.model, {}).get(r0.cls)
+        if lst is not None and lst[: len(reqs)] == reqs:
+            # the common case: the most urgent requests of one class, in queue order
+            # (list == compares requests by identity: Request has eq=False)
+            fifo = self.fifo[r0.model]
+            for r in reqs:
+                del fifo[r.id]
+            del lst[: len(reqs)]
+            if not lst:
+                del self.by_class[r0.model][r0.cls]
+            self.size -= len(reqs)
+            return
         ids = {r.id for r in reqs}
         touched: dict[tuple[str, int], int] = {}
         for r in reqs:
