@@ -82,21 +82,27 @@ class EmpiricalDist:
         self.total += 1
         self._sorted = None
 
-    def extend(self, xs: Sequence[float] | np.ndarray) -> None:
+    def extend(self, xs: Sequence[float] | np.ndarray) -> float:
+        """Add samples; returns the largest of them (-inf when none)."""
         arr = np.asarray(xs, dtype=np.float64).ravel()
-        if arr.size and (not np.all(np.isfinite(arr)) or arr.min() < 0):
-            raise ValueError("execution times must be finite and >= 0")
+        hi = -np.inf
+        if arr.size:
+            # max < inf and min >= 0: both False for a NaN (max and min propagate it)
+            hi = float(arr.max())
+            if not (hi < np.inf and arr.min() >= 0):
+                raise ValueError("execution times must be finite and >= 0")
         if self.max_lag:
             npend = self._npend + arr.size
             if npend < int(self._n * self.max_lag):
                 self._pend.append(arr)
                 self._npend = npend
-                return
+                return hi
             if self._pend:
                 arr = np.concatenate([*self._pend, arr])
                 self._pend.clear()
                 self._npend = 0
         self._merge(arr)
+        return hi
 
     def flush(self) -> None:
         """Merge the samples still pending (see `max_lag`)."""
@@ -113,9 +119,10 @@ class EmpiricalDist:
 
     def _merge(self, arr: np.ndarray) -> None:
         # A few new samples into a sorted window: update the sorted copy in place of a
-        # full re-sort (the scheduler reads it at every decision; batches add 1-8 samples).
+        # full re-sort (the scheduler reads it at every decision; batches add 1-8 samples,
+        # merges after a lag (max_lag) up to ~1/64 of the window: 32 of 2,048).
         keep_sorted = None
-        if self._sorted is not None and 0 < arr.size <= 16 and arr.size < self.window:
+        if self._sorted is not None and 0 < arr.size <= 64 and arr.size < self.window:
             pos = (self._pos + np.arange(arr.size)) % self.window
             evicted = self._buf[pos[pos < self._pos]] if self._n < self.window else self._buf[pos]
             srt = self._sorted

@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from queue import SimpleQueue
 
 import numpy as np
@@ -203,7 +203,9 @@ class Engine:
         """A member of the running batch exited early: answer it now (device thread)."""
         with self._lock:
             self.scheduler.finish_early(req, now, output, exit_index)
-            self._resolve([req])
+            entry = self._pending.pop(req.id, None)
+            if entry is not None:
+                self._deliver(req, entry[1])
             self.early_answers += 1
 
     def queue_depth(self) -> int:
@@ -371,8 +373,10 @@ class Engine:
     def _deliver(self, req: Request, sink: Sink) -> None:
         self._submitted.discard(req.id)
         if isinstance(sink, Future):
-            if not sink.done():
+            try:  # noqa: SIM105 (hot path: contextlib.suppress costs a context manager per answer)
                 sink.set_result(req)
+            except InvalidStateError:  # already done (cancelled by its caller): nothing to answer
+                pass
         else:
             sink(req)
 
@@ -425,7 +429,7 @@ class _Learner:
             if item is None:
                 return
             fn, args = item
-            try:
+            try:  # noqa: SIM105 (hot path: contextlib.suppress costs a context manager per answer)
                 fn(*args)
             except BaseException as e:  # handed to the device thread at join
                 done.put(e)

@@ -202,12 +202,13 @@ class LatencyModel:
     # -- observations ----------------------------------------------------
     def observe(self, cid: int, solo_ms: float | np.ndarray) -> None:
         """One member's (or several members') solo-equivalent execution time."""
-        d = self.dists[cid]
-        arr = np.atleast_1d(np.asarray(solo_ms, dtype=np.float64))
-        d.extend(arr)
+        arr = np.asarray(solo_ms, dtype=np.float64).ravel()
+        if not arr.size:
+            raise ValueError("observe needs at least one sample")
+        hi = self.dists[cid].extend(arr)
         grid = self._grids[self.class_keys[cid][0]]
-        if arr.max() >= grid.umax:
-            self._regrid(grid, float(arr.max()))
+        if hi >= grid.umax:
+            self._regrid(grid, hi)
 
     def seed(self, model: str, tag: str, samples: np.ndarray, shape_bucket: int = 0) -> int:
         """Offline profile of one class (what a profiling run measured)."""

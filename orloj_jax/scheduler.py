@@ -156,6 +156,19 @@ class RequestQueue:
         reqs = list(reqs)
         if not reqs:
             return
+        r0 = reqs[0]
+        lst = self.by_class.get(r0.model, {}).get(r0.cls)
+        if lst is not None and lst[: len(reqs)] == reqs:
+            # the common case: the most urgent requests of one class, in queue order
+            # (list == compares requests by identity: Request has eq=False)
+            fifo = self.fifo[r0.model]
+            for r in reqs:
+                del fifo[r.id]
+            del lst[: len(reqs)]
+            if not lst:
+                del self.by_class[r0.model][r0.cls]
+            self.size -= len(reqs)
+            return
         ids = {r.id for r in reqs}
         touched: dict[tuple[str, int], int] = {}
         for r in reqs:
@@ -330,7 +343,7 @@ class Scheduler:
         self.stats["learned"] += 1
         if result.error is not None:
             return
-        solo = np.asarray(result.solo_ms, dtype=np.float64)
+        solo = np.array(result.solo_ms, dtype=np.float64)  # a copy: the window may keep it
         touched = self._learn(batch, result, solo)
         if not refresh:
             return
@@ -340,13 +353,22 @@ class Scheduler:
 
     def _learn(self, batch: Batch, result: BatchResult, solo: np.ndarray) -> list[int]:
         lat = self.latency
-        by_cls: dict[int, list[float]] = {}
-        for r, s in zip(batch.requests, solo, strict=True):
-            # A member padded into a larger shape bucket ran (and was timed) at that shape.
-            cid = r.cls if r.shape_bucket == batch.shape_bucket else lat.class_id(batch.model, r.tag, batch.shape_bucket)
-            by_cls.setdefault(cid, []).append(s)
+        reqs = batch.requests
+        if len(solo) != len(reqs):
+            raise ValueError(f"BatchResult.solo_ms has {len(solo)} values, batch has {len(reqs)} members")
+        r0 = reqs[0]
+        sb = batch.shape_bucket
+        if r0.shape_bucket == sb and all(r.cls == r0.cls and r.shape_bucket == sb for r in reqs):
+            # the common case: one class, none padded (the same samples, in the same order)
+            by_cls: dict[int, np.ndarray | list[float]] = {r0.cls: solo}
+        else:
+            by_cls = {}
+            for r, s in zip(reqs, solo.tolist(), strict=True):
+                # A member padded into a larger shape bucket ran (and was timed) at that shape.
+                cid = r.cls if r.shape_bucket == sb else lat.class_id(batch.model, r.tag, sb)
+                by_cls.setdefault(cid, []).append(s)
         for cid, xs in by_cls.items():
-            lat.observe(cid, np.asarray(xs))
+            lat.observe(cid, xs)
         if result.compile_ms > 0:
             lat.observe_compile(batch.model, batch.batch_bucket, batch.shape_bucket, result.compile_ms)
         else:

@@ -136,6 +136,7 @@ class _Group:
     has_comp: bool | None = None  # comp.any(), computed once per decision
     own: bool = False  # members are answered at their own exit (ModelSpec.answers_at_exit)
     table: tuple = ()  # (class ids, logF) of every class the group was prepared from (before drops)
+    mixed: bool = True  # members may have smaller shape buckets than `shape` (a padded group)
 
     def log_cdf_at_members(self) -> np.ndarray:
         """log F_c'(u) at every member's on-time limit u = (slack - compile_B) / g_B, exactly.
@@ -154,12 +155,19 @@ class _Group:
             with np.errstate(divide="ignore"):
                 if len(self.dists) == 1:
                     s = self.dists[0].sorted()
-                    out = np.log(s.searchsorted(u, "right") / s.size).astype(np.float32)[None]
+                    x = s.searchsorted(u, "right") / s.size
+                    out = np.log(x, out=x).astype(np.float32)[None]
                 else:
-                    out = np.empty((len(self.dists), *u.shape), dtype=np.float32)
+                    # one division and one log over every class (elementwise: the same values)
+                    c = len(self.dists)
+                    idx = np.empty((c, *u.shape), dtype=np.intp)
+                    sizes = np.empty((c, 1, 1, 1))
                     for i, d in enumerate(self.dists):
                         s = d.sorted()
-                        out[i] = np.log(s.searchsorted(u, "right") / s.size)
+                        idx[i] = s.searchsorted(u, "right")
+                        sizes[i] = s.size
+                    x = np.divide(idx, sizes)
+                    out = np.log(x, out=x).astype(np.float32)
             self._logfex = np.maximum(out, LOG_ZERO, out=out)
         return self._logfex
 
@@ -170,7 +178,7 @@ class _Group:
             return None
         lists = [self.lists[c][skip[c] :] for c in keep]
         slack, lens = _slacks(lists, self.slack.shape[1], self.now)
-        return _Group(self.model, self.shape, lists, self.logF[keep], self.du, slack, lens, self.buckets, self.comp, self.gb, self.now, dists=[self.dists[c] for c in keep], cids=tuple(self.cids[c] for c in keep), has_comp=self.has_comp, own=self.own)
+        return _Group(self.model, self.shape, lists, self.logF[keep], self.du, slack, lens, self.buckets, self.comp, self.gb, self.now, dists=[self.dists[c] for c in keep], cids=tuple(self.cids[c] for c in keep), has_comp=self.has_comp, own=self.own, mixed=self.mixed)
 
     def expected_max(self, counts: np.ndarray) -> np.ndarray:
         """E[max member solo time] of count vectors [V, C]: the integral of 1 - prod_c F_c^n_c."""
@@ -454,10 +462,14 @@ class Orloj(Policy):
     def _decide(self, grp: _Group, found) -> tuple[float, Decision]:
         grp, found = self._skip_riders(grp, found)
         counts, score, ontime, t, bi = found
-        batch = [r for lst, n in zip(grp.lists, counts, strict=True) for r in lst[:n]]
-        batch.sort(key=lambda r: r.deadline_ms)
+        if len(grp.lists) == 1:  # already by deadline (the sort below is stable: the same list)
+            batch = grp.lists[0][: int(counts[0])]
+        else:
+            batch = [r for lst, n in zip(grp.lists, counts, strict=True) for r in lst[:n]]
+            batch.sort(key=_deadline)
         info = {"score": score, "expected_on_time": ontime}
-        shape = max(r.shape_bucket for r in batch)  # <= grp.shape: padded to its largest member
+        # <= grp.shape: padded to its largest member (all are at grp.shape in an own-shape group)
+        shape = max(r.shape_bucket for r in batch) if grp.mixed else grp.shape
         return score, Decision(grp.model, batch, int(grp.buckets[bi]), shape, predicted_ms=t, info=info)
 
     def _padded_groups(self, model, shapes, survivors, now, weight, best):
@@ -562,7 +574,7 @@ class Orloj(Policy):
         dists = [lat.dists[cids[i]] for i in keep]
         kept = tuple(cids[i] for i in keep)
         rows = logF if len(keep) == len(cids) else logF[keep]
-        return _Group(model, shape, lists, rows, du, slack, lens, buckets, comp, gb, now, dists=dists, cids=kept, has_comp=has_comp, own=spec.answers_at_exit, table=(tuple(cids), logF)), None
+        return _Group(model, shape, lists, rows, du, slack, lens, buckets, comp, gb, now, dists=dists, cids=kept, has_comp=has_comp, own=spec.answers_at_exit, table=(tuple(cids), logF), mixed=False), None
 
     def _skip_riders(self, grp: _Group, found):
         """Don't let members with P(on time in this batch) < drop_threshold ride along.
@@ -639,13 +651,21 @@ class Orloj(Policy):
         """Whether the search surely finds a batch (one with score > 0): some class's most
         urgent survivor alone (all buckets warm, so at the smallest bucket) has
         F(slack / g) >= 1e-3, so its P(on time) and score are > 0 even in float32."""
-        bi0 = int(np.searchsorted(grp.buckets, 1))
-        if bi0 >= len(grp.buckets):
+        buckets = grp.buckets
+        bi0 = 0 if buckets[0] >= 1 else int(np.searchsorted(buckets, 1))  # batch buckets are >= 1
+        if bi0 >= len(buckets):
             return False
         g0 = float(grp.gb[bi0])
+        c0 = float(grp.comp[bi0])
+        heads = grp.slack[:, 0].tolist() if grp.slack.shape[1] else []
         for c, d in enumerate(grp.dists):
-            if grp.lens[c] >= 1 and float(d.cdf(float(grp.slack[c, 0] - grp.comp[bi0]) / g0)) >= 1e-3:
-                return True
+            if grp.lens[c] >= 1:
+                # d.cdf(x), as it computes it: searchsorted(sorted window, x, "right") / n
+                srt = d.sorted()
+                if srt.size == 0:
+                    d.cdf(0.0)  # raises, as before, for an empty distribution
+                if int(srt.searchsorted((heads[c] - c0) / g0, "right")) / srt.size >= 1e-3:
+                    return True
         return False
 
     def _g_buckets(self, model, shape, btuple, jmax) -> tuple[np.ndarray, float]:
