@@ -63,6 +63,10 @@ def _add_bench(sub) -> None:
     p.add_argument("--batch-curve", type=Path, help="CSV BatchSize,InferenceLatency setting g(b) for --trace")
     p.add_argument("--profile", type=Path, help="--mode sim: simulate a zoo workload (minilm-text, digits-ee, "
                    "digits-static) from a profile made by `orloj profile` on any machine")
+    p.add_argument("--batch-gap-ms", type=float, default=0.0,
+                   help="--mode sim --profile: charge the live engine's own work per batch (decision and "
+                   "bookkeeping; bench.emulated_vs_sim measures it as the idle gap): each batch starts this "
+                   "long after the decision that chose it (default 0: an ideal engine)")
     p.add_argument("--policies", default="orloj,static,static-tuned,clockwork,nexus,clipper,edf,oracle")
     p.add_argument("--slo-k", type=_floats, default=[1.0, 1.5, 2.0, 3.0, 5.0])
     p.add_argument("--load", type=float, default=0.8)
@@ -119,7 +123,9 @@ def _bench_profile(a, spec: BenchSpec) -> int:
         want = MODEL_WORKLOAD.get(prof["model"])
         if a.workload and a.workload != want:
             raise ProfileError(f"the profile is of model {prof['model']!r}, whose workload is {want!r}, not {a.workload!r}")
-        report = profile_report(spec, prof, want, log=lambda m: print(m, file=sys.stderr))
+        if not a.batch_gap_ms >= 0:
+            raise ProfileError(f"--batch-gap-ms must be >= 0, got {a.batch_gap_ms}")
+        report = profile_report(spec, prof, want, log=lambda m: print(m, file=sys.stderr), gap_ms=a.batch_gap_ms)
     except ProfileError as e:
         print(f"orloj bench: {e}", file=sys.stderr)
         return 2

@@ -336,12 +336,14 @@ class ProfiledWorkload:
             self._padded[key] = larger or None
         return self._padded[key]
 
-    def simulate(self, arrivals: np.ndarray, idx: np.ndarray, slo_ms: float, policy, learn_late: bool | None = None) -> dict:
+    def simulate(self, arrivals: np.ndarray, idx: np.ndarray, slo_ms: float, policy, learn_late: bool | None = None,
+                 gap_ms: float = 0.0) -> dict:
         """Requests arriving at `arrivals`, request i being sampled input idx[i]."""
-        return self.simulate_inputs(arrivals, self.sizes[idx], self.exits[idx], slo_ms, policy, learn_late=learn_late)
+        return self.simulate_inputs(arrivals, self.sizes[idx], self.exits[idx], slo_ms, policy, learn_late=learn_late,
+                                    gap_ms=gap_ms)
 
     def simulate_inputs(self, arrivals, sizes, exits, slo_ms: float, policy,
-                        latency: LatencyModel | None = None, learn_late: bool | None = None) -> dict:
+                        latency: LatencyModel | None = None, learn_late: bool | None = None, gap_ms: float = 0.0) -> dict:
         """Any inputs (size, exit stage) at any arrival times, on the profiled device.
 
         `latency` replaces the offline profile this workload would seed (e.g. the one a
@@ -354,7 +356,7 @@ class ProfiledWorkload:
                 for a, z, e, sb in zip(arrivals, sizes, exits, shapes, strict=True)]
         lat = latency if latency is not None else self.latency_model()
         sched = Scheduler(policy, [self.spec], lat, SchedulerConfig(max_queue=1_000_000, learn_late=learn_late))
-        res = run_schedule(sched, reqs, self.device)
+        res = run_schedule(sched, reqs, self.device, gap_ms=gap_ms)
         row = summarize(res.requests, res.batch_sizes, float(arrivals[-1] - arrivals[0]))
         done = [r.exit_index for r in res.requests if r.exit_index is not None]
         row["exits"] = np.bincount(done or [0]).tolist()
@@ -375,8 +377,10 @@ def seed_latency_from_profile(latency: LatencyModel, profile: dict[str, Any], ta
 
 
 def profile_report(spec, profile: dict[str, Any], workload: str | None = None,
-                   progress: Callable[[int], None] | None = None, log: Callable[[str], None] = print) -> dict:
-    """`--mode sim --profile`: every policy at every k, rows as in the other modes."""
+                   progress: Callable[[int], None] | None = None, log: Callable[[str], None] = print,
+                   gap_ms: float = 0.0) -> dict:
+    """`--mode sim --profile`: every policy at every k, rows as in the other modes; `gap_ms`
+    charges the engine's own work per batch (`sim.run_schedule`)."""
     from .engine_mode import _report
     from .runner import _policy
 
@@ -403,7 +407,7 @@ def profile_report(spec, profile: dict[str, Any], workload: str | None = None,
             tuned = best[1]
         for pname in spec.policies:
             row = {"policy": pname, "slo_k": float(k), "slo_ms": slo,
-                   **w.simulate(arrivals, idx, slo, _policy(pname, spec, tuned))}
+                   **w.simulate(arrivals, idx, slo, _policy(pname, spec, tuned), gap_ms=gap_ms)}
             if pname == "static-tuned":
                 row["settings"] = tuned
             results.append(row)
@@ -411,7 +415,7 @@ def profile_report(spec, profile: dict[str, Any], workload: str | None = None,
                 progress(len(arrivals))
     profile_facts = {"model": w.model, "machine": profile.get("machine"), "solo_p99_ms": w.p99_ms,
                      "measured_solo_p99_ms": w.measured_p99_ms, "capacity_rps": w.capacity_rps,
-                     "inputs": len(w.sizes), "calibration": w.device.calibration}
+                     "inputs": len(w.sizes), "calibration": w.device.calibration, "batch_gap_ms": gap_ms}
     return _report(spec, name, t0, results, mode="sim", profile=profile_facts)
 
 

@@ -342,3 +342,30 @@ def test_run_schedule_learns_each_batch_once_late_or_not(late):
         assert pos[("learn", ids[2])] < pos[("decide", ids[3])]  # the device idled: learned then
     else:
         assert all(pos[("learn", a)] < pos[("decide", b)] for a, b in zip(ids, ids[1:], strict=False))
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_run_schedule_gap_delays_each_batch_by_the_engines_work(early):
+    """gap_ms: a batch starts gap_ms after the decision that chose it, so its members
+    (and early exits, at their finish_ms) are answered gap_ms later, and the device
+    is busy gap_ms longer. Two requests at t = 0 and t = 1, fifo, 10 ms batches of one,
+    gap 2: the first finishes at 12 (early: its exit at 5 -> 7), the second waits for
+    the device (busy to 12), then finishes at 12 + 2 + 10 = 24 (early: 12 + 2 + 5 = 19)."""
+    from orloj_jax.latency import LatencyModel
+    from orloj_jax.scheduler import BatchResult, ModelSpec, Scheduler
+    from orloj_jax.sim import run_schedule
+
+    class Dev:
+        def run(self, batch):
+            fin = [batch.start_ms + 5.0] * len(batch.requests) if early else None
+            return BatchResult(device_ms=10.0, solo_ms=[10.0] * len(batch.requests), finish_ms=fin)
+
+    lat = LatencyModel()
+    lat.seed("m", "a", np.full(5, 10.0))
+    lat.mark_all_warm("m")
+    sched = Scheduler(make_policy("fifo"), [ModelSpec("m", (1,))], lat)
+    reqs = [Request("m", "a", t, 1e9) for t in (0.0, 1.0)]
+    run_schedule(sched, reqs, Dev(), gap_ms=2.0)
+    assert [r.finish_ms for r in reqs] == ([7.0, 19.0] if early else [12.0, 24.0])
+    with pytest.raises(ValueError, match="batch_gap_ms"):
+        SimConfig(batch_gap_ms=-1.0)
