@@ -32,7 +32,7 @@ from orloj_jax.request import Request
 from orloj_jax.scheduler import Scheduler, SchedulerConfig
 
 from .cli import add_comparison_args, comparison_spec
-from .engine_mode import BatchLog, _summary, replay
+from .engine_mode import TimedBatchLog, _summary, replay
 from .profile_sim import ProfiledExecutor, ProfiledWorkload, load_profile
 from .runner import _policy
 
@@ -53,39 +53,10 @@ def _timed(policy):
     return policy
 
 
-class _TimedLog(BatchLog):
-    """A BatchLog that also records when each batch started and ended (perf ms), and
-    whether requests were waiting when it ended (then the gap to the next batch is the
-    engine's own work, not a wait for arrivals)."""
-
-    def __init__(self, inner):
-        super().__init__(inner)
-        self.spans: list[tuple[float, float, bool]] = []
-        self.engine: Engine | None = None
-
-    def run(self, batch):
-        t0 = time.perf_counter()
-        try:
-            return super().run(batch)
-        finally:
-            busy = self.engine is not None and self.engine.queue_depth() > 0
-            self.spans.append((t0 * 1000.0, time.perf_counter() * 1000.0, busy))
-
-    def gaps(self, busy_ms: float = 50.0) -> tuple[list[float], list[float]]:
-        """(start-to-start, end-to-start idle) ms between back-to-back batches: pairs where
-        requests were waiting when the first ended and the idle gap is within `busy_ms`."""
-        s2s, idle = [], []
-        for (s0, e0, busy), (s1, _, _) in zip(self.spans, self.spans[1:], strict=False):
-            if busy and s1 - e0 <= busy_ms:
-                s2s.append(s1 - s0)
-                idle.append(s1 - e0)
-        return s2s, idle
-
-
 def run_engine(w: ProfiledWorkload, arrivals: np.ndarray, idx: np.ndarray, slo_ms: float, policy,
                gaps: list | None = None) -> dict:
     lat = w.latency_model()
-    ex = _TimedLog(ProfiledExecutor(w.device))
+    ex = TimedBatchLog(ProfiledExecutor(w.device))
     eng = Engine(Scheduler(policy, [w.spec], lat, SchedulerConfig(max_queue=1_000_000)), ex)
     ex.engine = eng
     eng.start()

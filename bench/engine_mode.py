@@ -107,6 +107,35 @@ class BatchLog:
         return self.inner.run(batch)
 
 
+class TimedBatchLog(BatchLog):
+    """A BatchLog that also records when each batch started and ended (perf ms), and
+    whether requests were waiting when it ended (then the gap to the next batch is the
+    engine's own work, not a wait for arrivals)."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.spans: list[tuple[float, float, bool]] = []
+        self.engine = None  # the Engine, to ask whether requests are waiting
+
+    def run(self, batch):
+        t0 = time.perf_counter()
+        try:
+            return super().run(batch)
+        finally:
+            busy = self.engine is not None and self.engine.queue_depth() > 0
+            self.spans.append((t0 * 1000.0, time.perf_counter() * 1000.0, busy))
+
+    def gaps(self, busy_ms: float = 50.0) -> tuple[list[float], list[float]]:
+        """(start-to-start, end-to-start idle) ms between back-to-back batches: pairs where
+        requests were waiting when the first ended and the idle gap is within `busy_ms`."""
+        s2s, idle = [], []
+        for (s0, e0, busy), (s1, _, _) in zip(self.spans, self.spans[1:], strict=False):
+            if busy and s1 - e0 <= busy_ms:
+                s2s.append(s1 - s0)
+                idle.append(s1 - e0)
+        return s2s, idle
+
+
 def _report(spec, workload: str, t0: float, results: list[dict], mode: str = "engine", **extra) -> dict:
     """The report dict shared with --mode sim: header, rows, then mode-specific fields."""
     return {
@@ -295,8 +324,9 @@ def run_zoo_policy(z: ZooSetup, arrivals: np.ndarray, idx: np.ndarray, slo_ms: f
     from orloj_jax.jax_executor import compile_count
 
     lat = zoo_latency(z)
-    ex = BatchLog(z.executor)
+    ex = TimedBatchLog(z.executor)
     eng = Engine(Scheduler(make(), [z.spec], lat), ex, owns_executor=False)
+    ex.engine = eng
     eng.start()
 
     def build(i: int, now: float) -> Request:
@@ -309,7 +339,10 @@ def run_zoo_policy(z: ZooSetup, arrivals: np.ndarray, idx: np.ndarray, slo_ms: f
     finally:
         eng.shutdown(timeout=60)
     row = _summary(reqs, ex.sizes)
+    idle = ex.gaps()[1]
     row.update(
+        # the engine's own work between back-to-back batches (sim.run_schedule's gap_ms)
+        batch_gap_ms=round(float(np.mean(idle)), 4) if idle else None,
         compiles_while_serving=compile_count() - c0,
         warm_shapes=[list(s) for s in lat.warm_shapes(z.spec.name)],
         exits=np.bincount([r.exit_index for r in reqs if r.outcome in (Outcome.ON_TIME, Outcome.LATE)] or [0]).tolist(),
@@ -318,9 +351,11 @@ def run_zoo_policy(z: ZooSetup, arrivals: np.ndarray, idx: np.ndarray, slo_ms: f
 
 
 def repeated_finish_rates(z: ZooSetup, arrivals: np.ndarray, idx: np.ndarray, spec, policies, runs: int,
-                          log: Callable[[str], None] = print) -> dict[tuple[str, float], list[float]]:
+                          log: Callable[[str], None] = print,
+                          gaps: dict | None = None) -> dict[tuple[str, float], list[float]]:
     """Each policy at each k of `spec`, `runs` times on the same trace: the live engine's
-    own run-to-run spread is the floor under any comparison with it."""
+    own run-to-run spread is the floor under any comparison with it. `gaps`, if given,
+    collects each run's mean gap between back-to-back batches per (policy, k)."""
     from .runner import _policy
 
     out: dict[tuple[str, float], list[float]] = {}
@@ -329,6 +364,8 @@ def repeated_finish_rates(z: ZooSetup, arrivals: np.ndarray, idx: np.ndarray, sp
             for pol in policies:
                 row = run_zoo_policy(z, arrivals, idx, k * z.p99_ms, lambda n=pol: _policy(n, spec, None))
                 out.setdefault((pol, float(k)), []).append(row["finish_rate"])
+                if gaps is not None and row["batch_gap_ms"] is not None:
+                    gaps.setdefault((pol, float(k)), []).append(row["batch_gap_ms"])
                 log(f"[engine] run {rep + 1}: {pol} k={k}: finish rate {row['finish_rate']:.3f} "
                     f"(compiles while serving {row['compiles_while_serving']})")
     return out
@@ -401,4 +438,4 @@ def engine_zoo_report(spec, workload: str, *, cache_dir=None, compile_cache_dir=
     )
 
 
-__all__ = ["ZOO_WORKLOADS", "BatchLog", "engine_trace_report", "engine_zoo_report", "replay", "run_trace_policy", "setup_zoo"]
+__all__ = ["ZOO_WORKLOADS", "BatchLog", "TimedBatchLog", "engine_trace_report", "engine_zoo_report", "replay", "run_trace_policy", "setup_zoo"]
