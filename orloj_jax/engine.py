@@ -429,7 +429,7 @@ class _Learner:
             if item is None:
                 return
             fn, args = item
-            try:  # noqa: SIM105 (hot path: contextlib.suppress costs a context manager per answer)
+            try:
                 fn(*args)
             except BaseException as e:  # handed to the device thread at join
                 done.put(e)

@@ -130,7 +130,6 @@ class _Group:
     now: float = 0.0
     dists: list = field(default_factory=list)  # EmpiricalDist per class
     cids: tuple = ()  # latency-model class id per class
-    last_p: tuple = ()
     best_p: np.ndarray | None = None
     _logfex: np.ndarray | None = None
     has_comp: bool | None = None  # comp.any(), computed once per decision
@@ -223,8 +222,7 @@ class _Group:
     def evaluate(self, counts: np.ndarray, emax: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Score count vectors [V, C] -> (score, expected on-time, expected time, bucket index)."""
         plan = self.plan(counts, emax)
-        score, ontime, p = self.score(plan)
-        self.last_p = (p, plan.member)  # per-member P of every candidate
+        score, ontime, _ = self.score(plan)
         return score, ontime, plan.t, plan.bi
 
 
@@ -324,7 +322,6 @@ class Orloj(Policy):
             if any(r.deadline_ms - now - t_win < max(t_own, gmin * self._threshold_quantile(r.cls)) for r in d.batch):
                 pick, low = d, ratio[m]
         return pick
-
 
     def refresh(self) -> None:
         """After the latency model learned a batch, rebuild the groups of the last decision
