@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks for one device lease: profiles, simulation vs engine, engine overhead.
+# GPU checks for one device lease: profiles, simulation vs engine, the engine's timeline, engine overhead.
 #
 # Here:   .venv/bin/python -m bench.device_bundle        # builds .device/ (fp16 MiniLM, digits)
 # There:  bash bench/h200.sh                             # device tool: carry [".device"]
@@ -16,6 +16,12 @@ mkdir -p "$OUT"
 ROOT=$(pwd)
 export PYTHONPATH="$ROOT/.device/py:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+if [[ ${QUICK:-0} == 1 && -z ${ORLOJ_CACHE_DIR:-} ]]; then
+    # a dry run here must not grow .device/ (the smoke step converts MiniLM into the
+    # cache dir: 58 MB, past the 64 MiB that travels to the device)
+    ORLOJ_CACHE_DIR=$(mktemp -d)
+    cp -r "$ROOT/.device/models/." "$ORLOJ_CACHE_DIR/"
+fi
 export ORLOJ_CACHE_DIR=${ORLOJ_CACHE_DIR:-$ROOT/.device/models}
 XLA_DIR=${XLA_DIR:-/tmp/orloj-xla}
 # one persistent compilation cache for every step, sub-second compiles included
@@ -42,10 +48,14 @@ step() {  # step NAME CAP_S CMD...: run CMD for at most min(CAP_S, time left) se
 if [[ ${QUICK:-0} == 1 ]]; then
     PROF=(--batch 1,2 --lengths 16,32 --reps 2 --inputs 20)
     SVE=(--requests 60 --reps 2 --engine-runs 1 --max-batch 2)
+    ENG=(--requests 60 --max-batch 2)
+    TL=(--requests 60 --max-batch 2 --runs 1 --isolate 5)
     OVH=(--requests 40 --max-batch 2)
 else
     PROF=(--reps 20 --inputs 300)
     SVE=(--requests 2000 --reps 10 --engine-runs 2 --max-batch 8)
+    ENG=(--requests 2000 --max-batch 8)
+    TL=(--requests 2000 --max-batch 8 --runs 2 --isolate 20)
     OVH=(--requests 2000 --max-batch 8)
 fi
 
@@ -60,10 +70,14 @@ print('minilm embed', e.shape, float(abs(e).sum()))
 " || exit 4
 step sim-vs-engine 150 "$PY" -m bench.sim_vs_engine --workload minilm-text "${SVE[@]}" --json "$OUT/sim_vs_engine-h200.json" \
     --profile-out "$OUT/minilm-h200-b8.json"
-step sim-vs-engine-nocompact 150 "$PY" -m bench.sim_vs_engine --workload minilm-text "${SVE[@]}" --no-compact \
-    --json "$OUT/sim_vs_engine-nocompact-h200.json"
-step profile-minilm 300 "$PY" -m bench.profile --model minilm --out "$OUT/minilm-h200.json" "${PROF[@]}"
+# issue 4's acceptance row: orloj against static and static-tuned (tuned live), the live engine
+step engine-mode 120 "$PY" -m bench.cli bench --mode engine --workload minilm-text --policies orloj,static,static-tuned \
+    --slo-k 1,1.5 "${ENG[@]}" --json "$OUT/engine-minilm-h200.json"
+# where the live engine's time goes (decisions, gaps, learning, live vs isolated batches)
+step timeline 150 "$PY" -m bench.engine_timeline --workload minilm-text --variants default,nolead "${TL[@]}" \
+    --json "$OUT/timeline-h200.json"
 step engine-overhead 90 "$PY" -m bench.engine_overhead --model minilm,digits-ee "${OVH[@]}"
+step profile-minilm 300 "$PY" -m bench.profile --model minilm --out "$OUT/minilm-h200.json" "${PROF[@]}"
 step profile-digits 60 "$PY" -m bench.profile --model digits-ee --out "$OUT/digits-ee-h200.json" "${PROF[@]}"
 # the same grid again, now from the persistent cache: compile_ms becomes the cache-load time
 step profile-minilm-cached 60 "$PY" -m bench.profile --model minilm --out "$OUT/minilm-h200-cached.json" \

@@ -73,6 +73,7 @@ class Engine:
         self._submitted: set[int] = set()
         self._closing = False
         self._unlearned: tuple[Batch, BatchResult] | None = None  # finished, not learned yet (learn_late)
+        self._decided_at = 0.0  # when the decision that chose the next batch began
         late = scheduler.config.learn_late
         #: learn each batch while the next one runs (SchedulerConfig.learn_late; None: unless
         #: the executor's batches run on the host CPU)
@@ -311,6 +312,7 @@ class Engine:
                     self._resolve(out.finished)
                     if out.batch is not None:
                         self._prewarm(out.batch)
+                        self._decided_at = now
                         return out.batch
                     if out.wake_at is not None:
                         wait_s = max(0.0, (out.wake_at - now) / 1000.0)
@@ -356,8 +358,17 @@ class Engine:
         except RuntimeError:  # e.g. the executor's compiler is closed: pre-warming is optional
             pass
 
+    #: weight of the newest sample in the moving average of the decision-to-start latency
+    #: (`Scheduler.lead_ms`), and the most one sample may count (a stall, e.g. a GC pause,
+    #: must not make every later decision pessimistic for long)
+    LEAD_ALPHA = 0.2
+    LEAD_MAX_SAMPLE_MS = 20.0
+
     def _run(self, batch) -> BatchResult:
         t0 = self.clock()
+        sched = self.scheduler
+        lead = min(max(t0 - self._decided_at, 0.0), self.LEAD_MAX_SAMPLE_MS)
+        sched.lead_ms += self.LEAD_ALPHA * (lead - sched.lead_ms)
         try:
             result = self.executor.run(batch)
             self.batches_run += 1

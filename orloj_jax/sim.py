@@ -197,6 +197,7 @@ def run_schedule(
     fast device the measured gap (`bench.emulated_vs_sim` reports it) matters.
     """
     policy = sched.policy
+    sched.lead_ms = gap_ms  # each batch starts gap_ms after its decision (decision_lead)
     arrivals = [r.arrival_ms for r in reqs]
     n = len(reqs)
     i = 0

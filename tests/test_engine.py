@@ -462,3 +462,44 @@ def test_short_batches_are_learned_at_once_even_with_learn_late():
     ids = [e[1] for e in log if e[0] == "decide"]
     pos = {e[:2]: i for i, e in enumerate(log)}
     assert all(pos[("learn", a)] < pos[("decide", b)] for a, b in zip(ids, ids[1:], strict=False))
+
+
+class _OneAtATime(Policy):
+    """Oldest request alone; each decision takes `cost_ms` on the fake clock and records
+    the time it was asked to decide for."""
+
+    plans_ahead = True
+
+    def __init__(self, clock: FakeClock, cost_ms: float):
+        super().__init__()
+        self.clock, self.cost_ms, self.asked = clock, cost_ms, []
+
+    def select(self, queue, now: float) -> Decision:
+        self.asked.append((self.clock(), now))
+        self.clock.sleep(self.cost_ms / 1000.0)
+        r = next(iter(queue.in_arrival_order(M)))
+        return Decision(M, [r], 1, r.shape_bucket)
+
+
+@pytest.mark.parametrize("lead", [True, False])
+def test_engine_measures_its_decision_latency_and_plans_ahead_by_it(lead):
+    """Each decision costs 2 ms (fake clock) before its 10 ms batch starts: the engine's
+    moving average of decision-to-start latency (Scheduler.lead_ms) after n batches is
+    2 (1 - 0.8^n), and a policy that plans ahead is asked at decision start + that lead
+    (SchedulerConfig.decision_lead), or at the decision's start without it."""
+    clock = FakeClock()
+    lat = LatencyModel()
+    lat.seed(M, "a", np.array([10.0]))
+    lat.mark_all_warm(M)
+    pol = _OneAtATime(clock, 2.0)
+    sched = Scheduler(pol, [ModelSpec(M, (1, 2, 4))], lat, SchedulerConfig(decision_lead=lead))
+    eng = Engine(sched, EmulatedExecutor(g, clock=clock, sleep=clock.sleep), clock=clock)
+    futs = [eng.submit(req(10, 1e9)) for _ in range(5)]
+    with eng:
+        wait(futs, timeout=10)
+    alpha = Engine.LEAD_ALPHA
+    expect = [2.0 * (1 - (1 - alpha) ** n) for n in range(6)]
+    assert sched.lead_ms == pytest.approx(expect[5])
+    for i, (start, asked) in enumerate(pol.asked):
+        assert start == pytest.approx(12.0 * i)  # 2 ms deciding + 10 ms running, per batch
+        assert asked == pytest.approx(start + (expect[i] if lead else 0.0))

@@ -369,3 +369,25 @@ def test_run_schedule_gap_delays_each_batch_by_the_engines_work(early):
     assert [r.finish_ms for r in reqs] == ([7.0, 19.0] if early else [12.0, 24.0])
     with pytest.raises(ValueError, match="batch_gap_ms"):
         SimConfig(batch_gap_ms=-1.0)
+
+
+def test_run_schedule_gap_is_the_decision_lead_of_policies_that_plan_ahead():
+    """With gap_ms, each batch starts gap_ms after its decision: a policy that plans ahead
+    (orloj) is asked at now + gap_ms, one that does not (fifo) at now."""
+    from orloj_jax.latency import LatencyModel
+    from orloj_jax.scheduler import ModelSpec, Scheduler
+    from orloj_jax.sim import EmulatedDevice, run_schedule
+
+    for name, ahead in (("orloj", True), ("fifo", False)):
+        pol = make_policy(name)
+        asked = []
+        inner = pol.select
+        pol.select = lambda q, now, inner=inner, asked=asked: asked.append(now) or inner(q, now)
+        lat = LatencyModel()
+        lat.seed("model", "a", np.array([10.0, 12.0]))
+        lat.mark_all_warm("model")
+        sched = Scheduler(pol, [ModelSpec("model", (1, 2))], lat)
+        reqs = [Request("model", "a", 0.0, 100.0, true_ms=10.0), Request("model", "a", 50.0, 200.0, true_ms=10.0)]
+        run_schedule(sched, reqs, EmulatedDevice(lambda b: 1.0), gap_ms=3.0)
+        assert asked == [pytest.approx(t + (3.0 if ahead else 0.0)) for t in (0.0, 50.0)], name
+        assert sched.lead_ms == 3.0

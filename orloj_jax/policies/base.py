@@ -38,6 +38,10 @@ class Decision:
 class Policy(ABC):
     name: ClassVar[str] = ""
     Config: ClassVar[type] = type(None)
+    #: `select` is asked at the time the batch will start (now + `Scheduler.lead_ms`, with
+    #: `SchedulerConfig.decision_lead`) rather than at the decision's start. The baselines
+    #: keep their published behaviour (e.g. static's queue delay counts from `now`).
+    plans_ahead: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, **options: Any):
         if config is None:

@@ -267,6 +267,7 @@ class _Layout:
 @register("orloj")
 class Orloj(Policy):
     Config = OrlojConfig
+    plans_ahead = True  # P(on time) is judged at the batch's start (Scheduler.lead_ms)
 
     def bind(self, models, latency) -> None:
         super().bind(models, latency)

@@ -1,0 +1,313 @@
+"""Where the live engine's time goes, batch by batch: a timeline of decisions, batches,
+learning and early answers, per policy and per engine variant.
+
+    python -m bench.engine_timeline --workload minilm-text [--requests 2000] [--slo-k 1,1.5]
+                                    [--policies orloj,static] [--variants default,inline,switch]
+                                    [--runs 1] [--json OUT]
+    python -m bench.engine_timeline --profile bench/profiles/minilm-h200.json ...   # emulated device
+
+`bench.sim_vs_engine` says *whether* the live engine and the simulator agree; this says
+*why not*. Each run replays the same trace (as `--mode engine` does) and records, with
+`time.perf_counter`:
+
+- every `Scheduler.next_batch` (the decision): its duration, the queue length, how many
+  requests it dropped, the batch it started;
+- every batch: start, end, members, buckets, exits, and the executor's `device_ms`;
+- every `Scheduler.learn` (on the device thread or the learner thread) and every early
+  answer (`Engine.answer_early`, which waits for the engine lock);
+
+and then, on a real executor, runs a sample of the served batches again, alone, with no
+engine around them: `inflation` = live device_ms / isolated device_ms of the same batch
+measures what the engine's other threads (arrivals, learning, answering) cost a running
+batch through the GIL and the engine lock. Variants change the engine, not the policy:
+
+- `default`: as shipped (`SchedulerConfig.learn_late=None`: late unless the executor
+  runs on the host CPU);
+- `inline`: learn each batch on the device thread after it ends (`learn_late=False`);
+- `late`: learn each batch on the learner thread while the next one runs (`learn_late=True`);
+- `switch`: `default` with `sys.setswitchinterval(SWITCH_S)` (the GIL is handed back to
+  a waiting thread after 0.2 ms instead of 5 ms);
+- `inline-switch`: both;
+- `nolead`: decisions judged at their own start, not at the batch's start
+  (`SchedulerConfig.decision_lead=False`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from orloj_jax.engine import Engine
+from orloj_jax.policies import make_policy
+from orloj_jax.request import Outcome, Request
+from orloj_jax.scheduler import Batch, Scheduler, SchedulerConfig
+
+from .cli import add_comparison_args, comparison_spec
+from .engine_mode import TimedBatchLog, replay
+from .runner import _policy
+
+SWITCH_S = 0.0002
+VARIANTS = {
+    "default": {},
+    "inline": {"learn_late": False},
+    "late": {"learn_late": True},
+    "switch": {"switch": SWITCH_S},
+    "inline-switch": {"learn_late": False, "switch": SWITCH_S},
+    "nolead": {"decision_lead": False},
+}
+
+
+def make_variant_policy(name: str, spec):
+    """A policy by name, optionally with config options: `orloj:drop_threshold=0.3`
+    (several options joined by '+': `orloj:drop_threshold=0.3+pad_shapes=false`)."""
+    base, _, opts = name.partition(":")
+    if not opts:
+        return _policy(base, spec, None)
+    kw = {}
+    for item in opts.split("+"):
+        key, _, val = item.partition("=")
+        low = val.strip().lower()
+        kw[key.strip()] = True if low == "true" else False if low == "false" else float(val)
+    return make_policy(base, **{**spec.policy_options.get(base, {}), **kw})
+
+
+def _ms() -> float:
+    return time.perf_counter() * 1000.0
+
+
+class _Recorder(TimedBatchLog):
+    """TimedBatchLog that keeps each batch's result, and hooks the scheduler and engine."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.results: list = []
+        self.decisions: list[tuple[float, float, int, int, int]] = []  # t0, t1, queued, dropped, batch size
+        self.learns: list[tuple[float, float, bool]] = []  # t0, t1, while a batch ran
+        self.answers: list[float] = []  # ms per early answer (lock wait included)
+        self._running = False
+
+    def run(self, batch):
+        self._running = True
+        try:
+            res = super().run(batch)
+        finally:
+            self._running = False
+        self.results.append(res)
+        return res
+
+    def hook(self, eng: Engine) -> None:
+        sched = eng.scheduler
+        nb, learn = sched.next_batch, sched.learn
+
+        def next_batch(now):
+            t0 = _ms()
+            q = len(sched.queue)
+            out = nb(now)
+            dropped = sum(1 for r in out.finished if r.outcome is Outcome.DROPPED)
+            self.decisions.append((t0, _ms(), q, dropped, len(out.batch) if out.batch is not None else 0))
+            return out
+
+        def learn_(*a, **kw):
+            t0, running = _ms(), self._running
+            try:
+                return learn(*a, **kw)
+            finally:
+                self.learns.append((t0, _ms(), running))
+
+        sched.next_batch, sched.learn = next_batch, learn_
+        if getattr(self.inner, "on_exit", None) is not None:
+            inner = self.inner.on_exit
+
+            def on_exit(*a):
+                t0 = _ms()
+                try:
+                    return inner(*a)
+                finally:
+                    self.answers.append(_ms() - t0)
+
+            self.inner.on_exit = on_exit
+
+
+def _stats(xs) -> dict:
+    xs = np.asarray(xs, float)
+    if not len(xs):
+        return {"n": 0}
+    return {"n": int(len(xs)), "mean": round(float(xs.mean()), 4), "p50": round(float(np.percentile(xs, 50)), 4),
+            "p99": round(float(np.percentile(xs, 99)), 4), "max": round(float(xs.max()), 4)}
+
+
+def _isolated(ex, batches, results, sample: int, rng) -> dict:
+    """Run `sample` of the served batches again alone: live / isolated device_ms."""
+    if not len(batches):
+        return {}
+    pick = rng.choice(len(batches), size=min(sample, len(batches)), replace=False)
+    ratios, live, alone = [], [], []
+    hook, ex.on_exit = ex.on_exit, None
+    try:
+        for i in pick:
+            b = batches[int(i)]
+            reqs = [Request(r.model, r.tag, 0.0, math.inf, size=r.size, payload=r.payload) for r in b.requests]
+            res = ex.run(Batch(b.model, reqs, b.batch_bucket, b.shape_bucket, 0.0))
+            live.append(results[int(i)].device_ms)
+            alone.append(res.device_ms)
+            ratios.append(results[int(i)].device_ms / max(res.device_ms, 1e-9))
+    finally:
+        ex.on_exit = hook
+    return {"batches": len(pick), "live_ms": _stats(live), "alone_ms": _stats(alone), "ratio": _stats(ratios)}
+
+
+def timeline_row(rec: _Recorder, reqs: list[Request]) -> dict:
+    outs = [r.outcome for r in reqs]
+    n = len(reqs)
+    s2s, idle = rec.gaps()
+    dec = [(t1 - t0) for t0, t1, *_ in rec.decisions]
+    return {
+        "finish_rate": round(sum(o is Outcome.ON_TIME for o in outs) / n, 4),
+        "late": sum(o is Outcome.LATE for o in outs), "dropped": sum(o is Outcome.DROPPED for o in outs),
+        "batches": len(rec.batches), "mean_batch": round(float(np.mean(rec.sizes)), 3) if rec.batches else 0,
+        "decision_ms": _stats(dec),
+        "decisions_idle": sum(1 for d in rec.decisions if d[4] == 0),
+        "queued_at_decision": _stats([d[2] for d in rec.decisions if d[4]]),
+        "device_ms": _stats([r.device_ms for r in rec.results]),
+        "start_to_start_ms": _stats(s2s), "gap_ms": _stats(idle),
+        "learn_ms": _stats([t1 - t0 for t0, t1, _ in rec.learns]),
+        "learn_during_batch": sum(1 for *_, b in rec.learns if b),
+        "early_answer_ms": _stats(rec.answers),
+        "device_busy": round(sum(e - s for s, e, _ in rec.spans) / max(rec.spans[-1][1] - rec.spans[0][0], 1e-9), 4)
+        if rec.spans else 0.0,
+    }
+
+
+def raw_timeline(rec: _Recorder, reqs: list[Request]) -> dict:
+    """Every decision, batch, learning and request of one run: ms from the first arrival."""
+    t0 = min(r.arrival_ms for r in reqs)
+    r3 = lambda x: round(float(x), 3)  # noqa: E731
+    return {
+        "decisions": [[r3(a - t0), r3(b - t0), q, d, n] for a, b, q, d, n in rec.decisions],  # start, end, queued, dropped, batch
+        "batches": [[r3(s - t0), r3(e - t0), len(b), int(b.batch_bucket), int(b.shape_bucket), r3(res.device_ms),
+                     [int(x) for x in (res.exit_index or [])]]
+                    for (s, e, _), b, res in zip(rec.spans, rec.batches, rec.results, strict=False)],
+        "learns": [[r3(a - t0), r3(b - t0), int(x)] for a, b, x in rec.learns],
+        # per request: arrival, deadline, finish, outcome, exit stage
+        "requests": [[r3(r.arrival_ms - t0), r3(r.deadline_ms - t0),
+                      r3(r.finish_ms - t0) if r.finish_ms is not None else None, str(r.outcome),
+                      r.exit_index] for r in reqs],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.engine_timeline", description=__doc__.splitlines()[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workload", choices=["minilm-text", "digits-ee", "digits-static"])
+    src.add_argument("--profile", type=Path, help="emulate the profiled device (ProfiledExecutor) instead")
+    add_comparison_args(p, requests=2000)
+    p.add_argument("--variants", default="default,inline,switch", help=f"engine variants: {', '.join(VARIANTS)}")
+    p.add_argument("--runs", type=int, default=1, help="runs of each (variant, policy, k)")
+    p.add_argument("--isolate", type=int, default=60, help="served batches run again alone per run (real executor)")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--raw", action="store_true", help="also write every decision, batch and request to the JSON")
+    a = p.parse_args(argv)
+    policies = [x.strip() for x in a.policies.split(",") if x.strip()]
+    a.policies = ",".join(dict.fromkeys(x.partition(":")[0] for x in policies))  # validated by name
+    spec = comparison_spec(a)
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    for v in variants:
+        if v not in VARIANTS:
+            p.error(f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    rng = np.random.default_rng(a.seed)
+    if a.workload:
+        from .engine_mode import setup_zoo, zoo_latency, zoo_trace
+
+        z = setup_zoo(a.workload, a.max_batch, cache_dir=a.cache_dir, seed=a.seed, progress=log)
+        arrivals, idx = zoo_trace(z, load=spec.load, n=spec.n_requests, seed=spec.seed, arrival=spec.arrival)
+        base_ms, name, tag, executor = z.p99_ms, z.spec.name, z.tag, z.executor
+        model_spec = z.spec
+
+        def latency():
+            return zoo_latency(z)
+
+        def build(i: int, now: float, slo: float) -> Request:
+            it = z.items[int(idx[i])]
+            return Request(name, tag, now, now + slo, size=it.size, payload=it)
+        where = f"{a.workload} on {z.executor.__class__.__name__}"
+    else:
+        from .profile_sim import ProfiledExecutor, ProfiledWorkload, load_profile
+
+        w = ProfiledWorkload(load_profile(a.profile), a.max_batch, seed=a.seed)
+        arrivals, idx = w.trace(load=a.load, n=a.requests, seed=a.seed, arrival=a.arrival)
+        base_ms, executor, model_spec = w.p99_ms, ProfiledExecutor(w.device), w.spec
+        latency = w.latency_model
+
+        def build(i: int, now: float, slo: float) -> Request:
+            j = int(idx[i])
+            return Request(w.model, w.tag, now, now + slo, size=int(w.sizes[j]), payload=int(w.exits[j]),
+                           true_ms=float(w.solo[j]))
+        where = f"{w.model} emulated from {a.profile}"
+    log(f"[timeline] {where}: solo p99 {base_ms:.2f} ms, {a.requests} requests at load {a.load}")
+    rows = []
+    switch0 = sys.getswitchinterval()
+    try:
+        for rep in range(a.runs):
+            for v in variants:
+                cfg = VARIANTS[v]
+                sys.setswitchinterval(cfg.get("switch") or switch0)
+                for k in spec.slo_ks:
+                    for pol in policies:
+                        slo = k * base_ms
+                        rec = _Recorder(executor)
+                        eng = Engine(Scheduler(make_variant_policy(pol, spec), [model_spec], latency(),
+                                               SchedulerConfig(max_queue=1_000_000, learn_late=cfg.get("learn_late"),
+                                                               decision_lead=cfg.get("decision_lead", True))),
+                                     rec, owns_executor=False)
+                        rec.engine = eng
+                        rec.hook(eng)
+                        eng.start()
+                        try:
+                            reqs = replay(eng, arrivals, lambda i, now, s=slo: build(i, now, s))
+                        finally:
+                            eng.shutdown(timeout=60)
+                        sys.setswitchinterval(switch0)
+                        row = {"variant": v, "run": rep, "policy": pol, "slo_k": k, "learn_late": eng.learn_late,
+                               "lead_ms": round(eng.scheduler.lead_ms, 4),
+                               **timeline_row(rec, reqs)}
+                        if a.raw:
+                            row["raw"] = raw_timeline(rec, reqs)
+                        if a.workload and a.isolate:
+                            row["inflation"] = _isolated(executor, rec.batches, rec.results, a.isolate, rng)
+                        sys.setswitchinterval(cfg.get("switch") or switch0)
+                        rows.append(row)
+                        inf = row.get("inflation", {}).get("ratio", {}).get("p50")
+                        log(f"[timeline] {v} {pol} k={k}: finish {row['finish_rate']:.3f}, batch {row['mean_batch']:.2f}, "
+                            f"dropped {row['dropped']}, decision {row['decision_ms'].get('mean', 0):.3f} ms, "
+                            f"gap {row['gap_ms'].get('mean', 0):.3f} ms, device {row['device_ms'].get('mean', 0):.3f} ms"
+                            + (f", live/alone {inf:.3f}" if inf else ""))
+    finally:
+        sys.setswitchinterval(switch0)
+        if a.workload:
+            executor.close()
+    print(f"{'variant':<14} {'policy':<8} {'k':>4} {'finish':>7} {'batch':>6} {'drop':>5} {'decide':>7} {'d p99':>6} "
+          f"{'gap':>6} {'device':>7} {'learn':>6} {'answer p99':>10} {'live/alone':>10}")
+    for r in rows:
+        inf = r.get("inflation", {}).get("ratio", {}).get("p50", float("nan"))
+        print(f"{r['variant']:<14} {r['policy']:<8} {r['slo_k']:>4g} {r['finish_rate']:>7.3f} {r['mean_batch']:>6.2f} "
+              f"{r['dropped']:>5} {r['decision_ms'].get('mean', 0):>7.3f} {r['decision_ms'].get('p99', 0):>6.3f} "
+              f"{r['gap_ms'].get('mean', 0):>6.3f} {r['device_ms'].get('mean', 0):>7.3f} {r['learn_ms'].get('mean', 0):>6.3f} "
+              f"{r['early_answer_ms'].get('p99', 0):>10.3f} {inf:>10.3f}")
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps({"where": where, "load": a.load, "requests": a.requests, "seed": a.seed,
+                                      "arrival": a.arrival, "max_batch": a.max_batch, "solo_p99_ms": base_ms,
+                                      "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
