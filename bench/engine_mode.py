@@ -305,17 +305,20 @@ def zoo_trace(z: ZooSetup, *, load: float, n: int, seed: int, arrival: str) -> t
     return arr, idx
 
 
-def zoo_latency(z: ZooSetup, warm: set[tuple[int, int]] | None = None) -> LatencyModel:
+def zoo_latency(z: ZooSetup, warm: set[tuple[int, int]] | None = None, *, lat: LatencyModel | None = None,
+                executor=None) -> LatencyModel:
     """The engine's starting knowledge: the offline profile, and which shapes are warm
-    (the executor's, or the given (batch bucket, shape bucket) pairs)."""
-    lat = LatencyModel()
+    (`executor`'s, default the setup's own, or the given (batch bucket, shape bucket)
+    pairs). Into `lat` if given (several models on one device share one)."""
+    lat = lat if lat is not None else LatencyModel()
+    ex = executor if executor is not None else z.executor
     for sb, xs in z.profile_solo.items():
         lat.seed(z.spec.name, z.tag, xs, shape_bucket=sb)
     for (bb, sb), ratio in z.profile_g.items():
         lat.seed_scaling(z.spec.name, {bb: ratio}, shape_bucket=sb)
     for bb in z.spec.batch_buckets:
         for sb in z.spec.shape_buckets:
-            if (bb, sb) in warm if warm is not None else z.executor.is_warm(z.spec.name, bb, sb):
+            if (bb, sb) in warm if warm is not None else ex.is_warm(z.spec.name, bb, sb):
                 lat.mark_warm(z.spec.name, bb, sb)
     return lat
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import wait
 
 import numpy as np
@@ -503,3 +504,38 @@ def test_engine_measures_its_decision_latency_and_plans_ahead_by_it(lead):
     for i, (start, asked) in enumerate(pol.asked):
         assert start == pytest.approx(12.0 * i)  # 2 ms deciding + 10 ms running, per batch
         assert asked == pytest.approx(start + (expect[i] if lead else 0.0))
+
+
+@pytest.mark.parametrize("policy", ["orloj", "static"])
+def test_two_models_on_one_live_engine_neither_starves(policy):
+    """Real clock and sleeps: a slow model (8 ms a request) and a fast one (0.5 ms) share
+    one device and one scheduler under mixed traffic (one slow request every 20 ms, one
+    fast every 2 ms: load ~0.65), SLO 40 ms for both. Every request is answered once, and
+    each model finishes at least half of its requests on time: neither starves."""
+    lat = LatencyModel()
+    lat.seed("slow", "a", np.array([8.0, 8.0, 8.0]))
+    lat.seed("fast", "a", np.array([0.5, 0.5, 0.5]))
+    lat.mark_all_warm("slow")
+    lat.mark_all_warm("fast")
+    specs = [ModelSpec("slow", (1, 2, 4, 8)), ModelSpec("fast", (1, 2, 4, 8))]
+    eng = Engine(Scheduler(make_policy(policy), specs, lat), EmulatedExecutor(lambda b: 1.0 + 0.1 * (b - 1))).start()
+    futs = []
+    t0 = eng.now()
+    for i in range(300):  # 0.6 s: the fast model every 2 ms, the slow one every 20 ms
+        delay = (t0 + 2.0 * i - eng.now()) / 1000.0
+        if delay > 0:
+            time.sleep(delay)
+        now = eng.now()
+        futs.append(eng.submit(Request("fast", "a", now, now + 40.0, true_ms=0.5)))
+        if i % 10 == 0:
+            futs.append(eng.submit(Request("slow", "a", now, now + 40.0, true_ms=8.0)))
+    done, not_done = wait(futs, timeout=30)
+    eng.shutdown(timeout=5)
+    assert not not_done
+    reqs = [f.result() for f in futs]
+    assert len({r.id for r in reqs}) == len(reqs) == 330
+    for model, n in (("slow", 30), ("fast", 300)):
+        mine = [r for r in reqs if r.model == model]
+        assert len(mine) == n and all(r.outcome is not None for r in mine)
+        on_time = sum(r.outcome is Outcome.ON_TIME for r in mine) / n
+        assert on_time >= 0.5, (policy, model, on_time)
