@@ -161,6 +161,18 @@ def serve(
 # ----------------------------------------------------------------------------- CLI
 
 
+def _gc_threshold(s: str) -> int | None:
+    if s.strip().lower() in ("off", "none"):
+        return None
+    try:
+        n = int(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'off', got {s!r}") from e
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'off', got {s!r}")
+    return n
+
+
 def _slo_map(text: str) -> dict[str, float]:
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -201,6 +213,9 @@ def build_parser(prog: str = "orloj serve") -> argparse.ArgumentParser:
                    "the variable keeps the key out of the process list)")
     p.add_argument("--wait-ready", action="store_true",
                    help="accept connections only once models are loaded and warmed")
+    p.add_argument("--gc-threshold", type=_gc_threshold, default=ServerConfig.gc_threshold, metavar="N|off",
+                   help="once ready, freeze the start-up heap and collect the young generation every N "
+                   "allocations (default %(default)s; CPython's is 700); 'off' leaves the collector alone")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     ray = p.add_argument_group("Ray Serve (the optional 'ray' extra)")
     ray.add_argument("--ray", action="store_true",
@@ -250,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (math.isfinite(a.drain_timeout_s) and a.drain_timeout_s >= 0):
             raise ValueError(f"--drain-timeout-s must be finite and >= 0, got {a.drain_timeout_s}")
         config = ServerConfig(max_body_bytes=a.max_body_bytes, max_items=a.max_items, wait_ready=a.wait_ready,
-                              drain_timeout_s=a.drain_timeout_s, api_key=resolve_api_key(a.api_key))
+                              drain_timeout_s=a.drain_timeout_s, api_key=resolve_api_key(a.api_key),
+                              gc_threshold=a.gc_threshold)
         unknown = sorted(set(a.slo_ms) - set(models))
         if unknown:
             raise ValueError(f"--slo-ms names model(s) not served: {unknown}")

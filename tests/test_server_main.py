@@ -25,6 +25,16 @@ def test_slo_map():
             smain._slo_map(bad)
 
 
+def test_gc_threshold_flag():
+    p = smain.build_parser()
+    assert p.parse_args([]).gc_threshold == 20_000
+    assert p.parse_args(["--gc-threshold", "5000"]).gc_threshold == 5000
+    assert p.parse_args(["--gc-threshold", "off"]).gc_threshold is None
+    for bad in ("0", "-3", "lots"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            smain._gc_threshold(bad)
+
+
 def test_parser_defaults_bind_loopback():
     a = smain.build_parser().parse_args([])
     assert a.host == "127.0.0.1" and a.port == 8000 and a.policy == "orloj" and a.max_batch == 8
