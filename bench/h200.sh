@@ -50,12 +50,14 @@ if [[ ${QUICK:-0} == 1 ]]; then
     SVE=(--requests 60 --reps 2 --engine-runs 1 --max-batch 2)
     ENG=(--requests 60 --max-batch 2)
     TL=(--requests 60 --max-batch 2 --runs 1 --isolate 5)
+    TWO=(--requests 20 --max-batch 2 --slo-k 1.5)
     OVH=(--requests 40 --max-batch 2)
 else
     PROF=(--reps 20 --inputs 300)
     SVE=(--requests 2000 --reps 10 --engine-runs 2 --max-batch 8)
     ENG=(--requests 2000 --max-batch 8)
     TL=(--requests 2000 --max-batch 8 --runs 2 --isolate 20)
+    TWO=(--requests 2000 --max-batch 8 --slo-k 1.5,3)
     OVH=(--requests 2000 --max-batch 8)
 fi
 
@@ -76,6 +78,8 @@ step engine-mode 120 "$PY" -m bench.cli bench --mode engine --workload minilm-te
 # where the live engine's time goes (decisions, gaps, learning, live vs isolated batches)
 step timeline 150 "$PY" -m bench.engine_timeline --workload minilm-text --variants default,nolead "${TL[@]}" \
     --json "$OUT/timeline-h200.json"
+# minilm and digits-ee on one device and one engine (issue 4's two-model acceptance)
+step two-models 120 "$PY" -m bench.two_models --mode engine "${TWO[@]}" --json "$OUT/two-models-h200.json"
 step engine-overhead 90 "$PY" -m bench.engine_overhead --model minilm,digits-ee "${OVH[@]}"
 step profile-minilm 300 "$PY" -m bench.profile --model minilm --out "$OUT/minilm-h200.json" "${PROF[@]}"
 step profile-digits 60 "$PY" -m bench.profile --model digits-ee --out "$OUT/digits-ee-h200.json" "${PROF[@]}"
