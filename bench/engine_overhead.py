@@ -28,7 +28,8 @@ from orloj_jax.request import Request
 from orloj_jax.scheduler import Batch, ModelSpec, Scheduler
 
 
-def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None, seed: int = 0) -> dict:
+def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None, seed: int = 0,
+            pipeline: bool = False) -> dict:
     from models import load_model
     from orloj_jax.jax_executor import JaxExecutor
 
@@ -36,7 +37,8 @@ def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None
 
     bbs = tuple(b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch)
     model = load_model(model_name, cache_dir=cache_dir, batch_buckets=bbs)
-    ex = JaxExecutor({model_name: model})
+    # pipelining needs the batch kept in its bucket (no compaction, as on a GPU anyway)
+    ex = JaxExecutor({model_name: model}, pipeline=pipeline, compact=False if pipeline else None)
     ex.warm_all(model_name)
     items = model.preprocess(_zoo_inputs(model_name, seed))
     rng = np.random.default_rng(seed)
@@ -85,6 +87,7 @@ def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None
     return {
         "model": model_name,
         "policy": policy,
+        "pipeline": pipeline,
         "requests": n,
         "batches": len(batches),
         "mean_batch": n / len(batches),
@@ -101,13 +104,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", default="orloj,static")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--pipeline", default="off", choices=["off", "on", "both"],
+                    help="JaxExecutor(pipeline=True, compact=False): the next stage dispatched before the "
+                    "current one's exits are read; both: a row each")
     a = ap.parse_args(argv)
-    print("| model | policy | requests | batches | mean batch | engine req/s | bare loop req/s | engine / bare |")
-    print("|---|---|---|---|---|---|---|---|")
+    pipes = {"off": [False], "on": [True], "both": [False, True]}[a.pipeline]
+    print("| model | policy | pipeline | requests | batches | mean batch | engine req/s | bare loop req/s | engine / bare |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for m in a.model.split(","):
         for p in a.policy.split(","):
-            r = measure(m, a.requests, p, a.max_batch, a.cache_dir)
-            print(f"| {m} | {p} | {r['requests']} | {r['batches']} | {r['mean_batch']:.2f} | {r['engine_rps']:.1f} | {r['bare_rps']:.1f} | {r['ratio']:.3f} |", flush=True)
+            for pipe in pipes:
+                r = measure(m, a.requests, p, a.max_batch, a.cache_dir, pipeline=pipe)
+                print(f"| {m} | {p} | {'on' if pipe else 'off'} | {r['requests']} | {r['batches']} | {r['mean_batch']:.2f} | {r['engine_rps']:.1f} | {r['bare_rps']:.1f} | {r['ratio']:.3f} |",
+                      flush=True)
     return 0
 
 

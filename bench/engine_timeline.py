@@ -29,7 +29,9 @@ batch through the GIL and the engine lock. Variants change the engine, not the p
   a waiting thread after 0.2 ms instead of 5 ms);
 - `inline-switch`: both;
 - `nolead`: decisions judged at their own start, not at the batch's start
-  (`SchedulerConfig.decision_lead=False`).
+  (`SchedulerConfig.decision_lead=False`);
+- `pipeline`: the JAX executor dispatches each next stage before reading the current
+  one's exits (`JaxExecutor.pipeline`, which needs `compact=False`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ VARIANTS = {
     "switch": {"switch": SWITCH_S},
     "inline-switch": {"learn_late": False, "switch": SWITCH_S},
     "nolead": {"decision_lead": False},
+    "pipeline": {"pipeline": True},
 }
 
 
@@ -259,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
             for v in variants:
                 cfg = VARIANTS[v]
                 sys.setswitchinterval(cfg.get("switch") or switch0)
+                if hasattr(executor, "pipeline"):
+                    if not hasattr(executor, "_compact0"):
+                        executor._compact0 = executor.compact
+                    executor.pipeline = bool(cfg.get("pipeline"))
+                    executor.compact = False if executor.pipeline else executor._compact0
                 for k in spec.slo_ks:
                     for pol in policies:
                         slo = k * base_ms

@@ -76,11 +76,11 @@ step sim-vs-engine 150 "$PY" -m bench.sim_vs_engine --workload minilm-text "${SV
 step engine-mode 120 "$PY" -m bench.cli bench --mode engine --workload minilm-text --policies orloj,static,static-tuned \
     --slo-k 1,1.5 "${ENG[@]}" --json "$OUT/engine-minilm-h200.json"
 # where the live engine's time goes (decisions, gaps, learning, live vs isolated batches)
-step timeline 150 "$PY" -m bench.engine_timeline --workload minilm-text --variants default,nolead "${TL[@]}" \
+step timeline 150 "$PY" -m bench.engine_timeline --workload minilm-text --variants default,pipeline "${TL[@]}" \
     --json "$OUT/timeline-h200.json"
 # minilm and digits-ee on one device and one engine (issue 4's two-model acceptance)
 step two-models 120 "$PY" -m bench.two_models --mode engine "${TWO[@]}" --json "$OUT/two-models-h200.json"
-step engine-overhead 90 "$PY" -m bench.engine_overhead --model minilm,digits-ee "${OVH[@]}"
+step engine-overhead 150 "$PY" -m bench.engine_overhead --model minilm,digits-ee --pipeline both "${OVH[@]}"
 step profile-minilm 300 "$PY" -m bench.profile --model minilm --out "$OUT/minilm-h200.json" "${PROF[@]}"
 step profile-digits 60 "$PY" -m bench.profile --model digits-ee --out "$OUT/digits-ee-h200.json" "${PROF[@]}"
 # the same grid again, now from the persistent cache: compile_ms becomes the cache-load time

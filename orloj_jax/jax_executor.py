@@ -258,6 +258,13 @@ class JaxExecutor(Executor):
     with compaction, 1769 without; BENCHMARKS.md).
     ``device`` (a ``jax.Device``) pins the executor to one device: one executor per device
     serves several devices in one process (``orloj_jax.multi``).
+    ``pipeline=True`` (without compaction) dispatches stage i+1 before fetching stage i's
+    exit scores, so the device computes the next stage while the host decides exits:
+    the same outputs, exits and answer times per member, at the cost of one stage computed
+    for nothing when the last members exit (the next batch queues behind it). The stage
+    loop of a GPU is host-bound (on an H200 each stage's call, sync and fetch took ~0.65-
+    1.2 ms, the arithmetic a fraction of it), which this overlaps. Off by default: not yet
+    measured on a GPU (``bench.engine_overhead --pipeline both`` measures it).
     """
 
     def __init__(
@@ -271,6 +278,7 @@ class JaxExecutor(Executor):
         warm_reps: int = 10,
         on_compiled: Callable[[str, int, int, float], None] | None = None,
         device: Any = None,
+        pipeline: bool = False,
     ):
         if not models:
             raise ValueError("JaxExecutor needs at least one model")
@@ -282,6 +290,7 @@ class JaxExecutor(Executor):
         if compact is None:
             compact = platform == "cpu"
         self.compact = bool(compact)
+        self.pipeline = bool(pipeline)
         self.warm_reps = int(warm_reps)
         self.on_compiled = on_compiled
         #: called as on_exit(request, output, stage, clock ms) when a member exits before
@@ -573,6 +582,14 @@ class JaxExecutor(Executor):
         out = jax.device_get(out)
         return acts, out, self.clock() - t0
 
+    def _dispatch(self, name: str, i: int, cur: int, sb: int, acts: Any) -> tuple[Any, Any, float]:
+        """Stage i of a batch at bucket ``cur``, dispatched and not waited for:
+        (device acts, device out, compile ms it took to get the program)."""
+        m = self.models[name]
+        exe, c_ms = self._ensure((name, m.stage_key(i), cur, sb))
+        acts, out = exe(self._params(name, i), acts)
+        return acts, out, c_ms
+
     def _measure_batch1(self, name: str, sb: int, reps: int) -> None:
         """Serve a dummy one-row batch (zeros, no early exit) ``reps`` times at (1, sb)."""
         m = self.models[name]
@@ -643,11 +660,20 @@ class JaxExecutor(Executor):
         exits = set(m.exit_stages)
         last = m.num_stages - 1
         cur = bb
+        pipe = self.pipeline and not self.compact  # compaction changes the next stage's input
+        ahead = self._dispatch(name, 0, cur, sb, acts) if pipe else None
         for i in range(m.num_stages):
             key = m.stage_key(i)
-            exe, c_ms = self._ensure((name, key, cur, sb))
+            if pipe:
+                acts, out, c_ms = ahead
+                if i < last:  # the next stage runs on the device while the host decides exits
+                    ahead = self._dispatch(name, i + 1, cur, sb, acts)
+                    c_ms += ahead[2]
+                out = jax.device_get(out)
+            else:
+                exe, c_ms = self._ensure((name, key, cur, sb))
+                acts, out, _ = self._run_stage(exe, self._params(name, i), acts)
             compile_ms += c_ms
-            acts, out, _ = self._run_stage(exe, self._params(name, i), acts)
             live = slot >= 0
             done = None
             if i == last:

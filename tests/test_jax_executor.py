@@ -125,6 +125,46 @@ def test_digits_outputs_equal_reference(ex, dig, items, early, monkeypatch):
         assert (solo > 0).all()
 
 
+@pytest.mark.parametrize("model", ["digits", "minilm"])
+def test_pipelined_stages_serve_the_same_outputs(model, dig, items, mini, monkeypatch):
+    """pipeline=True (no compaction) dispatches stage i+1 before fetching stage i: the
+    same exits, outputs and early answers (member, stage, in order) as the stage-by-stage
+    loop, and the next stage is dispatched before the current one's scores are read."""
+    if model == "digits":
+        m, name, its, bb, sb = dig, DIG, items[:12], 4, 8
+    else:
+        from models.textdata import load_texts
+        m, name, bb, sb = mini, MINI, 2, 32
+        its = [it for it in m.preprocess(load_texts(seed=0)[:40]) if it.size <= 32][:8]
+    res = {}
+    for pipe in (False, True):
+        e = JaxExecutor({name: m}, compact=False, pipeline=pipe, warm_reps=0)
+        e.warm(name, bb, sb)
+        pos: dict[int, int] = {}
+        answers: list[tuple[int, int]] = []
+        e.on_exit = lambda r, o, stage, t, pos=pos, answers=answers: answers.append((pos[r.id], stage))
+        calls: list[int] = []
+        orig = e._dispatch
+        monkeypatch.setattr(e, "_dispatch", lambda *a, calls=calls, orig=orig: calls.append(a[1]) or orig(*a))
+        outs, exits, runs = [], [], 0
+        for s in range(0, len(its), bb):
+            rs = reqs(name, its[s : s + bb])
+            pos.update({r.id: s + j for j, r in enumerate(rs)})
+            r = e.run(Batch(name, rs, bb, sb, 0.0))
+            outs += r.outputs
+            exits += r.exit_index
+            runs += max(r.exit_index) + 1  # stages this batch ran
+        res[pipe] = (outs, exits, answers)
+        # pipelined: each stage run was dispatched, plus one ahead of the last, unless
+        # that was the model's last stage; stage by stage: no dispatch ahead at all
+        assert (len(calls) >= runs) if pipe else not calls
+        e.close()
+    assert res[True][1] == res[False][1] and res[True][2] == res[False][2]
+    assert len(set(res[False][1])) >= 2  # several exit stages were exercised
+    for a, b in zip(res[True][0], res[False][0], strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
 def test_per_request_threshold(ex, dig, items):
     ref = run_items(dig, items[:8], threshold=0.99)
     outs, exits, _ = serve(ex, DIG, items[:8], 4, 8, {"threshold": 0.99})
