@@ -260,8 +260,9 @@ class JaxExecutor(Executor):
     serves several devices in one process (``orloj_jax.multi``).
     ``pipeline=True`` (without compaction) dispatches stage i+1 before fetching stage i's
     exit scores, so the device computes the next stage while the host decides exits:
-    the same outputs, exits and answer times per member, at the cost of one stage computed
-    for nothing when the last members exit (the next batch queues behind it). The stage
+    the same outputs, exits and order of early answers (sooner, where it pays), at the cost
+    of one stage computed for nothing when the last members exit (the next batch queues
+    behind it). The stage
     loop of a GPU is host-bound (on an H200 each stage's call, sync and fetch took ~0.65-
     1.2 ms, the arithmetic a fraction of it), which this overlaps. Off by default: not yet
     measured on a GPU (``bench.engine_overhead --pipeline both`` measures it).
