@@ -29,7 +29,7 @@ from orloj_jax.scheduler import Batch, ModelSpec, Scheduler
 
 
 def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None, seed: int = 0,
-            pipeline: bool = False) -> dict:
+            pipeline: bool | None = None) -> dict:
     from models import load_model
     from orloj_jax.jax_executor import JaxExecutor
 
@@ -37,7 +37,8 @@ def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None
 
     bbs = tuple(b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch)
     model = load_model(model_name, cache_dir=cache_dir, batch_buckets=bbs)
-    # pipelining needs the batch kept in its bucket (no compaction, as on a GPU anyway)
+    # None: the executor's defaults; True: pipelined, without compaction (which it excludes);
+    # False: stage by stage, with compaction where the defaults compact
     ex = JaxExecutor({model_name: model}, pipeline=pipeline, compact=False if pipeline else None)
     ex.warm_all(model_name)
     items = model.preprocess(_zoo_inputs(model_name, seed))
@@ -87,7 +88,8 @@ def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None
     return {
         "model": model_name,
         "policy": policy,
-        "pipeline": pipeline,
+        "pipeline": ex.pipelines(model_name),
+        "compact": ex.compacts(model_name),
         "requests": n,
         "batches": len(batches),
         "mean_batch": n / len(batches),
@@ -104,18 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", default="orloj,static")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--cache-dir", default=None)
-    ap.add_argument("--pipeline", default="off", choices=["off", "on", "both"],
-                    help="JaxExecutor(pipeline=True, compact=False): the next stage dispatched before the "
-                    "current one's exits are read; both: a row each")
+    ap.add_argument("--pipeline", default="auto", choices=["auto", "off", "on", "both"],
+                    help="on: JaxExecutor(pipeline=True, compact=False), each next stage dispatched before the "
+                    "current one's exits are read; off: stage by stage; both: a row each; auto: the defaults")
     a = ap.parse_args(argv)
-    pipes = {"off": [False], "on": [True], "both": [False, True]}[a.pipeline]
-    print("| model | policy | pipeline | requests | batches | mean batch | engine req/s | bare loop req/s | engine / bare |")
+    pipes = {"auto": [None], "off": [False], "on": [True], "both": [False, True]}[a.pipeline]
+    print("| model | policy | pipeline / compact | requests | batches | mean batch | engine req/s | bare loop req/s | engine / bare |")
     print("|---|---|---|---|---|---|---|---|---|")
     for m in a.model.split(","):
         for p in a.policy.split(","):
             for pipe in pipes:
                 r = measure(m, a.requests, p, a.max_batch, a.cache_dir, pipeline=pipe)
-                print(f"| {m} | {p} | {'on' if pipe else 'off'} | {r['requests']} | {r['batches']} | {r['mean_batch']:.2f} | {r['engine_rps']:.1f} | {r['bare_rps']:.1f} | {r['ratio']:.3f} |",
+                print(f"| {m} | {p} | {'on' if r['pipeline'] else 'off'} / {'on' if r['compact'] else 'off'} | {r['requests']} | {r['batches']} | {r['mean_batch']:.2f} | {r['engine_rps']:.1f} | {r['bare_rps']:.1f} | {r['ratio']:.3f} |",
                       flush=True)
     return 0
 

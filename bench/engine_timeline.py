@@ -31,7 +31,8 @@ batch through the GIL and the engine lock. Variants change the engine, not the p
 - `nolead`: decisions judged at their own start, not at the batch's start
   (`SchedulerConfig.decision_lead=False`);
 - `pipeline`: the JAX executor dispatches each next stage before reading the current
-  one's exits (`JaxExecutor.pipeline`, which needs `compact=False`).
+  one's exits, for every model (`JaxExecutor(pipeline=True, compact=False)`; by default
+  it does so on a CPU for models that do not compact).
 """
 
 from __future__ import annotations
@@ -257,16 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     log(f"[timeline] {where}: solo p99 {base_ms:.2f} ms, {a.requests} requests at load {a.load}")
     rows = []
     switch0 = sys.getswitchinterval()
+    ex_defaults = (getattr(executor, "pipeline", None), getattr(executor, "compact", None))
     try:
         for rep in range(a.runs):
             for v in variants:
                 cfg = VARIANTS[v]
                 sys.setswitchinterval(cfg.get("switch") or switch0)
-                if hasattr(executor, "pipeline"):
-                    if not hasattr(executor, "_compact0"):
-                        executor._compact0 = executor.compact
-                    executor.pipeline = bool(cfg.get("pipeline"))
-                    executor.compact = False if executor.pipeline else executor._compact0
+                if hasattr(executor, "pipeline"):  # the JAX executor: its defaults, or pipelined
+                    executor.pipeline, executor.compact = (True, False) if cfg.get("pipeline") else ex_defaults
                 for k in spec.slo_ks:
                     for pol in policies:
                         slo = k * base_ms

@@ -93,7 +93,7 @@ def add_model_facts(ex, model, prof: dict, n_inputs: int, seed: int = 0, log=pri
         facts["full_batches"] = real_batches(ex, model, tag, items, facts["batch_buckets"], seed)
         log("[profile] batches of real inputs as served (early exit, compaction), per (batch, shape) bucket")
         facts["exit_batches"] = real_batches(ex, model, tag, items, facts["batch_buckets"], seed, early_exit=True)
-    facts["compact"] = bool(getattr(ex, "compact", True))
+    facts["compact"] = bool(ex.compacts(model)) if hasattr(ex, "compacts") else bool(getattr(ex, "compact", True))
     return facts
 
 

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                      "diff": round(abs(e - r["finish_rate"]), 4)})
     out = {
         "workload": a.workload, "load": a.load, "requests": a.requests, "seed": a.seed, "arrival": a.arrival,
-        "compact": z.executor.compact,
+        "compact": z.executor.compacts(z.model), "pipeline": z.executor.pipelines(z.model),
         "engine": {"solo_p99_ms": z.p99_ms, "capacity_rps": z.capacity_rps},
         "sim": sim["profile"], "rows": rows, "elapsed_s": round(time.perf_counter() - t0, 1),
     }

@@ -94,6 +94,10 @@ class StagedModel(abc.ABC):
     config: Any
     params: Any
     default_threshold: float
+    #: whether moving an early exit's survivors into a smaller batch bucket pays on a CPU
+    #: (``JaxExecutor(compact=None)`` compacts only such models, on a CPU only): it saves a
+    #: large model's later stages more than the copy through the host costs
+    compaction_pays: bool = True
 
     # --------------------------------------------------------------- structure
     @property

@@ -187,6 +187,11 @@ class Classification:
 
 
 class DigitsModel(StagedModel):
+    # ~0.1 ms stages: the host copy costs more than the smaller bucket saves (CPU, batch 8:
+    # the bare serving loop 6.6-8.5k req/s with compaction, 8.8-10.1k without, 10.6-13.9k
+    # pipelined; BENCHMARKS.md, session 5)
+    compaction_pays = False
+
     def __init__(self, config: DigitsConfig, params: Any, name: str | None = None) -> None:
         self.name = name or f"digits-{config.variant}"
         self.config = config

@@ -251,21 +251,24 @@ class JaxExecutor(Executor):
     its own lock: the latency model is not thread-safe). With ``background=False``,
     ``request_compile`` compiles synchronously in the caller. ``compact=False`` keeps
     exited rows in place instead of moving survivors into a smaller batch bucket;
-    ``compact=None`` (the default) compacts on a CPU only. Compaction copies the
-    survivors' activations to the host and back: on a CPU the smaller bucket's saved
-    compute pays for it, on a GPU whose batch time hardly depends on the batch size it
-    does not (measured on an H200, minilm at max batch 8: 1276 req/s through the engine
-    with compaction, 1769 without; BENCHMARKS.md).
+    ``compact=None`` (the default) compacts on a CPU only, and only models whose
+    ``compaction_pays`` (MiniLM, not the digits CNN). Compaction copies the
+    survivors' activations to the host and back: on a CPU a large model's smaller bucket
+    saves more compute than that costs, on a GPU whose batch time hardly depends on the
+    batch size it does not (measured on an H200, minilm at max batch 8: 1276 req/s
+    through the engine with compaction, 1769 without; BENCHMARKS.md).
     ``device`` (a ``jax.Device``) pins the executor to one device: one executor per device
     serves several devices in one process (``orloj_jax.multi``).
-    ``pipeline=True`` (without compaction) dispatches stage i+1 before fetching stage i's
+    ``pipeline=True`` (for models that do not compact) dispatches stage i+1 before fetching stage i's
     exit scores, so the device computes the next stage while the host decides exits:
     the same outputs, exits and order of early answers (sooner, where it pays), at the cost
     of one stage computed for nothing when the last members exit (the next batch queues
     behind it). The stage
     loop of a GPU is host-bound (on an H200 each stage's call, sync and fetch took ~0.65-
-    1.2 ms, the arithmetic a fraction of it), which this overlaps. Off by default: not yet
-    measured on a GPU (``bench.engine_overhead --pipeline both`` measures it).
+    1.2 ms, the arithmetic a fraction of it), which this overlaps. ``pipeline=None`` (the
+    default) pipelines on a CPU, where it was measured (the digits CNN's serving loop
+    37-45% faster), and not yet on other devices (``bench.engine_overhead --pipeline
+    both`` measures it there).
     """
 
     def __init__(
@@ -279,7 +282,7 @@ class JaxExecutor(Executor):
         warm_reps: int = 10,
         on_compiled: Callable[[str, int, int, float], None] | None = None,
         device: Any = None,
-        pipeline: bool = False,
+        pipeline: bool | None = None,
     ):
         if not models:
             raise ValueError("JaxExecutor needs at least one model")
@@ -288,10 +291,9 @@ class JaxExecutor(Executor):
         self.background = background
         platform = device.platform if device is not None else jax.default_backend()
         self.uses_host = platform == "cpu"
-        if compact is None:
-            compact = platform == "cpu"
-        self.compact = bool(compact)
-        self.pipeline = bool(pipeline)
+        #: None: per model (`compacts`, `pipelines`); True / False: for every model
+        self.compact = None if compact is None else bool(compact)
+        self.pipeline = None if pipeline is None else bool(pipeline)
         self.warm_reps = int(warm_reps)
         self.on_compiled = on_compiled
         #: called as on_exit(request, output, stage, clock ms) when a member exits before
@@ -340,15 +342,26 @@ class JaxExecutor(Executor):
             out.setdefault(m.stage_key(i), i)
         return out
 
-    def _compacts(self, m: StagedModel) -> bool:
-        return self.compact and any(i < m.num_stages - 1 for i in m.exit_stages)
+    def compacts(self, model: str | StagedModel) -> bool:
+        """Whether batches of `model` move an exit's survivors into a smaller bucket."""
+        m = self.model(model) if isinstance(model, str) else model
+        c = self.compact
+        if c is None:
+            c = self.uses_host and getattr(m, "compaction_pays", True)
+        return bool(c) and any(i < m.num_stages - 1 for i in m.exit_stages)
+
+    def pipelines(self, model: str | StagedModel) -> bool:
+        """Whether batches of `model` dispatch each next stage before reading exits."""
+        m = self.model(model) if isinstance(model, str) else model
+        p = self.uses_host if self.pipeline is None else self.pipeline
+        return bool(p) and not self.compacts(m)
 
     def programs(self, name: str, batch_bucket: int, shape_bucket: int = 0) -> list[ProgramKey]:
         """Every program a batch of (batch_bucket, shape_bucket) may run."""
         m = self.model(name)
         sb = self._sb(m, shape_bucket)
         progs = [(name, k, int(batch_bucket), sb) for k in self._keys(m)]
-        if self._compacts(m):
+        if self.compacts(m):
             first_exit = min(i for i in m.exit_stages if i < m.num_stages - 1)
             later = self._keys(m, first_exit + 1)
             for b in m.batch_buckets:
@@ -661,7 +674,8 @@ class JaxExecutor(Executor):
         exits = set(m.exit_stages)
         last = m.num_stages - 1
         cur = bb
-        pipe = self.pipeline and not self.compact  # compaction changes the next stage's input
+        compact = self.compacts(m)
+        pipe = self.pipelines(m)  # never with compaction: it changes the next stage's input
         ahead = self._dispatch(name, 0, cur, sb, acts) if pipe else None
         for i in range(m.num_stages):
             key = m.stage_key(i)
@@ -702,7 +716,7 @@ class JaxExecutor(Executor):
                             notify(int(j), o, i, now)  # answer it now, not when the batch ends
                     slot[rows] = -1
                 keep = np.nonzero(slot >= 0)[0]
-                if len(keep) and self.compact and len(rows):
+                if len(keep) and compact and len(rows):
                     new = m.batch_bucket_for(len(keep))
                     if new < cur:
                         acts = self._put(m.compact(jax.device_get(acts), keep, new))

@@ -59,7 +59,8 @@ def items(dig):
 
 @pytest.fixture(scope="module")
 def ex(dig):
-    e = JaxExecutor({DIG: dig})
+    # compaction forced on (by default the digits CNN does not compact: compaction_pays)
+    e = JaxExecutor({DIG: dig}, compact=True)
     for bb in (1, 2, 4):
         assert e.warm(DIG, bb, 8) > 0
     yield e
@@ -123,6 +124,26 @@ def test_digits_outputs_equal_reference(ex, dig, items, early, monkeypatch):
         order = np.argsort(ex_i, kind="stable")
         assert (np.diff(fin[order]) >= 0).all() and (np.diff(solo[order]) >= 0).all()
         assert (solo > 0).all()
+
+
+def test_compaction_and_pipelining_defaults_per_model(dig, mini):
+    """compact=None / pipeline=None: on a CPU the models whose compaction pays (MiniLM)
+    compact and run stage by stage, the others (the digits CNN) pipeline; on another
+    device neither; explicit settings apply to every model, and pipelining never runs
+    with compaction."""
+    e = JaxExecutor({DIG: dig, MINI: mini}, background=False)
+    assert e.uses_host  # the test machine's CPU
+    assert (e.compacts(MINI), e.pipelines(MINI)) == (True, False)
+    assert (e.compacts(DIG), e.pipelines(DIG)) == (False, True)
+    assert len(e.programs(DIG, 4, 8)) == len(set(k for _, k, _, _ in e.programs(DIG, 4, 8)))  # no smaller buckets
+    e.uses_host = False  # as on a GPU
+    assert [e.compacts(m) or e.pipelines(m) for m in (DIG, MINI)] == [False, False]
+    e.uses_host = True
+    e.compact, e.pipeline = True, True
+    assert (e.compacts(DIG), e.pipelines(DIG)) == (True, False)
+    e.compact = False
+    assert (e.compacts(MINI), e.pipelines(MINI)) == (False, True)
+    e.close()
 
 
 @pytest.mark.parametrize("model", ["digits", "minilm"])
@@ -298,7 +319,7 @@ import json, sys
 from models import load_model
 from orloj_jax.jax_executor import JaxExecutor, cache_hit_count, compile_count
 m = load_model("digits-ee", cache_dir=sys.argv[1], batch_buckets=(1, 2))
-ex = JaxExecutor({"digits-ee": m}, compile_cache_dir=sys.argv[2], warm_reps=0)
+ex = JaxExecutor({"digits-ee": m}, compile_cache_dir=sys.argv[2], warm_reps=0, compact=True)
 c0, h0 = compile_count(), cache_hit_count()
 ms = ex.warm("digits-ee", 2, 8)
 print(json.dumps({"ms": ms, "programs": len(ex.programs("digits-ee", 2, 8)),
