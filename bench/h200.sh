@@ -5,8 +5,8 @@
 # There:  bash bench/h200.sh                             # device tool: carry [".device"]
 #
 # Every step is bounded so that the whole script ends inside BUDGET_S seconds (default 500)
-# and writes what it has: $OUT/log.txt, the profiles (bench/profiles/*-h200.json once copied)
-# and the comparison JSONs. QUICK=1 shrinks every grid, for a dry run on a CPU. STEPS="a b"
+# and writes what it has: $OUT/log.txt and $OUT/results.tgz (the profiles, to copy to
+# bench/profiles/*-h200.json, and the comparison JSONs). QUICK=1 shrinks every grid, for a dry run on a CPU. STEPS="a b"
 # runs only the named steps (versions and smoke always run), in this file's order.
 set -u
 PY=${PY:-python3}
@@ -29,6 +29,9 @@ export JAX_COMPILATION_CACHE_DIR=$XLA_DIR
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1
 LOG=$OUT/log.txt
+# The device tool returns at most 8 files from $OUT: results are written to $RES and
+# packed into $OUT/results.tgz after every step (so a run cut short still returns them)
+RES=${RES:-$(mktemp -d)}
 T0=$(date +%s)
 
 step() {  # step NAME CAP_S CMD...: run CMD for at most min(CAP_S, time left) seconds
@@ -42,6 +45,7 @@ step() {  # step NAME CAP_S CMD...: run CMD for at most min(CAP_S, time left) se
     timeout "$cap" "$@" 2>&1 | tee -a "$LOG"
     local rc=${PIPESTATUS[0]}
     echo "== $name: rc=$rc in $(($(date +%s) - s))s" | tee -a "$LOG"
+    tar czf "$OUT/results.tgz" -C "$RES" . 2>/dev/null
     return "$rc"
 }
 
@@ -70,20 +74,20 @@ m = load_model('minilm')
 e = m.embed(['hello world', 'a somewhat longer sentence to embed'])
 print('minilm embed', e.shape, float(abs(e).sum()))
 " || exit 4
-step sim-vs-engine 150 "$PY" -m bench.sim_vs_engine --workload minilm-text "${SVE[@]}" --json "$OUT/sim_vs_engine-h200.json" \
-    --profile-out "$OUT/minilm-h200-b8.json"
+step sim-vs-engine 150 "$PY" -m bench.sim_vs_engine --workload minilm-text "${SVE[@]}" --json "$RES/sim_vs_engine-h200.json" \
+    --profile-out "$RES/minilm-h200-b8.json"
 # issue 4's acceptance row: orloj against static and static-tuned (tuned live), the live engine
 step engine-mode 120 "$PY" -m bench.cli bench --mode engine --workload minilm-text --policies orloj,static,static-tuned \
-    --slo-k 1,1.5 "${ENG[@]}" --json "$OUT/engine-minilm-h200.json"
+    --slo-k 1,1.5 "${ENG[@]}" --json "$RES/engine-minilm-h200.json"
 # where the live engine's time goes (decisions, gaps, learning, live vs isolated batches)
 step timeline 150 "$PY" -m bench.engine_timeline --workload minilm-text --variants default,pipeline "${TL[@]}" \
-    --json "$OUT/timeline-h200.json"
+    --json "$RES/timeline-h200.json"
 # minilm and digits-ee on one device and one engine (issue 4's two-model acceptance)
-step two-models 120 "$PY" -m bench.two_models --mode engine "${TWO[@]}" --json "$OUT/two-models-h200.json"
+step two-models 120 "$PY" -m bench.two_models --mode engine "${TWO[@]}" --json "$RES/two-models-h200.json"
 step engine-overhead 150 "$PY" -m bench.engine_overhead --model minilm,digits-ee --pipeline both "${OVH[@]}"
-step profile-minilm 300 "$PY" -m bench.profile --model minilm --out "$OUT/minilm-h200.json" "${PROF[@]}"
-step profile-digits 60 "$PY" -m bench.profile --model digits-ee --out "$OUT/digits-ee-h200.json" "${PROF[@]}"
+step profile-minilm 300 "$PY" -m bench.profile --model minilm --out "$RES/minilm-h200.json" "${PROF[@]}"
+step profile-digits 60 "$PY" -m bench.profile --model digits-ee --out "$RES/digits-ee-h200.json" "${PROF[@]}"
 # the same grid again, now from the persistent cache: compile_ms becomes the cache-load time
-step profile-minilm-cached 60 "$PY" -m bench.profile --model minilm --out "$OUT/minilm-h200-cached.json" \
+step profile-minilm-cached 60 "$PY" -m bench.profile --model minilm --out "$RES/minilm-h200-cached.json" \
     --compile-cache-dir "$XLA_DIR" "${PROF[@]:0:${#PROF[@]}-2}" --reps 2 --inputs 0
 echo "== done in $(($(date +%s) - T0))s" | tee -a "$LOG"
