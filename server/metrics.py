@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -168,8 +167,6 @@ class Metrics:
                                 ["model", "phase"], registry=r)
         self.compile_seconds = Histogram("orloj_compile_seconds", "Compile time per compile event",
                                          ["model", "phase"], buckets=COMPILE_BUCKETS_S, registry=r)
-        self._lock = threading.Lock()
-        self._outcomes: dict[str, dict[str, int]] = {}
         # cached labelled children (see Children) of the metrics written per request / batch
         self.batch_size_c = Children(self.batch_size)
         self.batch_bucket_c = Children(self.batch_bucket)
@@ -181,17 +178,18 @@ class Metrics:
         self.registry.register(_StateCollector(read, self))
 
     def outcome(self, model: str, outcome: Outcome | str, n: int = 1) -> None:
-        o = str(outcome)
-        self.items_c[(model, o)].inc(n)
-        with self._lock:
-            d = self._outcomes.setdefault(model, {})
-            d[o] = d.get(o, 0) + n
+        self.items_c[(model, str(outcome))].inc(n)
 
     def finish_rates(self) -> dict[str, float]:
-        """Per model: items answered on time / items that reached an outcome."""
-        with self._lock:
-            return {m: d.get(Outcome.ON_TIME, 0) / total
-                    for m, d in self._outcomes.items() if (total := sum(d.values()))}
+        """Per model: items answered on time / items that reached an outcome (from the
+        outcome counter; a snapshot of its children, which only the event loop adds)."""
+        on_time: dict[str, float] = {}
+        total: dict[str, float] = {}
+        for (model, o), ch in list(self.items_c.children.items()):
+            total[model] = total.get(model, 0.0) + ch.value
+            if o == Outcome.ON_TIME:
+                on_time[model] = on_time.get(model, 0.0) + ch.value
+        return {m: on_time.get(m, 0.0) / t for m, t in total.items() if t}
 
     def compile_event(self, model: str, phase: str, ms: float) -> None:
         self.compiles.labels(model, phase).inc()

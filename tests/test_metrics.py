@@ -28,3 +28,20 @@ def test_lite_metrics_match_prometheus_client():
     assert _lines(lite) == _lines(ref)
     assert 't_seconds_bucket{le="0.0005",model="a"} 2.0' in _lines(lite)
     assert 't_answers_total{code="ok",model="a"} 3.0' in _lines(lite)
+
+
+def test_finish_rates_come_from_the_outcome_counter():
+    """Per model: on-time items / items with an outcome, read from orloj_requests, and
+    the scrape-time gauge shows the same."""
+    from server.metrics import Metrics
+
+    m = Metrics()
+    assert m.finish_rates() == {}
+    m.outcome("a", "on_time", 3)
+    m.outcome("a", "late")
+    m.outcome("a", "dropped", 4)
+    m.outcome("b", "late", 2)
+    assert m.finish_rates() == {"a": 3 / 8, "b": 0.0}
+    m.bind_state(lambda: {"queue_depth": 0, "ready": True})
+    text = m.exposition().decode()
+    assert 'orloj_finish_rate{model="a"} 0.375' in text and 'orloj_requests_total{model="a",outcome="on_time"} 3.0' in text

@@ -140,7 +140,8 @@ def test_client_disconnect_cancels_the_queued_request(fake_server):
     url, app, ex, gate = fake_server
     state = app.state.orloj
     eng = state.engine
-    before = state.metrics._outcomes.get(IMG, {}).get("cancelled", 0)
+    cancelled = state.metrics.items_c[(IMG, "cancelled")]
+    before = cancelled.value
     gate.clear()
     try:
         now = eng.now()
@@ -151,7 +152,7 @@ def test_client_disconnect_cancels_the_queued_request(fake_server):
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{url}/v1/models/{IMG}/infer", content=body, headers={"content-type": MP}, timeout=0.5)
         deadline = time.monotonic() + 5
-        while state.metrics._outcomes.get(IMG, {}).get("cancelled", 0) == before:
+        while cancelled.value == before:
             assert time.monotonic() < deadline, "the abandoned request was not cancelled"
             time.sleep(0.01)
         assert eng.queue_depth() == 0
