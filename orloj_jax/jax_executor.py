@@ -259,13 +259,13 @@ class JaxExecutor(Executor):
     through the engine with compaction, 1769 without; BENCHMARKS.md).
     ``device`` (a ``jax.Device``) pins the executor to one device: one executor per device
     serves several devices in one process (``orloj_jax.multi``).
-    ``pipeline=True`` (for models that do not compact) dispatches stage i+1 before fetching stage i's
-    exit scores, so the device computes the next stage while the host decides exits:
-    the same outputs, exits and order of early answers (sooner, where it pays), at the cost
-    of one stage computed for nothing when the last members exit (the next batch queues
-    behind it). The stage
-    loop of a GPU is host-bound (on an H200 each stage's call, sync and fetch took ~0.65-
-    1.2 ms, the arithmetic a fraction of it), which this overlaps. ``pipeline=None`` (the
+    ``pipeline=True`` (for models that do not compact) dispatches stage i+1 before
+    fetching stage i's exit scores, so the device computes the next stage while the host
+    decides exits: the same outputs, exits and order of early answers (sooner, where it
+    pays), at the cost of one stage computed for nothing when the last members exit (the
+    next batch queues behind it). The stage loop of a GPU is host-bound (on an H200 each
+    stage's call, sync and fetch took ~0.65-1.2 ms, the arithmetic a fraction of it),
+    which this overlaps. ``pipeline=None`` (the
     default) pipelines on a CPU, where it was measured (the digits CNN's serving loop
     37-45% faster), and not yet on other devices (``bench.engine_overhead --pipeline
     both`` measures it there).
