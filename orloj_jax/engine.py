@@ -314,6 +314,10 @@ class Engine:
                         self._prewarm(out.batch)
                         self._decided_at = now
                         return out.batch
+                    # no batch (all dropped, or the policy waits): its duration is a sample of
+                    # the lead too, else a lead learned on another model's costlier decisions
+                    # would judge this model's requests hopeless and drop them all, forever
+                    self._observe_lead(self.clock() - now)
                     if out.wake_at is not None:
                         wait_s = max(0.0, (out.wake_at - now) / 1000.0)
                     elif len(self.scheduler.queue):
@@ -364,11 +368,14 @@ class Engine:
     LEAD_ALPHA = 0.2
     LEAD_MAX_SAMPLE_MS = 20.0
 
+    def _observe_lead(self, ms: float) -> None:
+        """One sample of decision-to-start latency into `Scheduler.lead_ms`."""
+        sched = self.scheduler
+        sched.lead_ms += self.LEAD_ALPHA * (min(max(ms, 0.0), self.LEAD_MAX_SAMPLE_MS) - sched.lead_ms)
+
     def _run(self, batch) -> BatchResult:
         t0 = self.clock()
-        sched = self.scheduler
-        lead = min(max(t0 - self._decided_at, 0.0), self.LEAD_MAX_SAMPLE_MS)
-        sched.lead_ms += self.LEAD_ALPHA * (lead - sched.lead_ms)
+        self._observe_lead(t0 - self._decided_at)
         try:
             result = self.executor.run(batch)
             self.batches_run += 1

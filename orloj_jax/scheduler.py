@@ -93,7 +93,8 @@ class SchedulerConfig:
     # policy that plans ahead (`Policy.plans_ahead`: orloj) is asked at now + `lead_ms`,
     # the live engine's measured latency from a decision's start to its batch's start
     # (the decision itself, drops and hand-off: ~0.5-1 ms, which on a GPU's ~4 ms batches
-    # is a fifth of a tight SLO's slack). The simulator sets it to its `gap_ms`.
+    # is a fifth of a tight SLO's slack; a decision that starts no batch counts its own
+    # duration). The simulator sets it to its `gap_ms`.
     decision_lead: bool = True
 
     def __post_init__(self) -> None:

@@ -506,6 +506,50 @@ def test_engine_measures_its_decision_latency_and_plans_ahead_by_it(lead):
         assert asked == pytest.approx(start + (expect[i] if lead else 0.0))
 
 
+class _CostlyThenDrops(Policy):
+    """The first decision takes 2 ms and runs the oldest request; every later one takes
+    0.1 ms and drops everything queued (a decision that starts no batch)."""
+
+    plans_ahead = True
+
+    def __init__(self, clock: FakeClock):
+        super().__init__()
+        self.clock, self.n = clock, 0
+
+    def select(self, queue, now: float) -> Decision:
+        self.n += 1
+        reqs = list(queue.in_arrival_order(M))
+        if self.n == 1:
+            self.clock.sleep(0.002)
+            return Decision(M, reqs[:1], 1, reqs[0].shape_bucket)
+        self.clock.sleep(0.0001)
+        return Decision(drops=[(r, Outcome.DROPPED, "deadline_unmeetable") for r in reqs])
+
+
+def test_decisions_that_start_no_batch_feed_the_lead_too():
+    """Only a decision that starts a batch measures decision-to-start latency; one that
+    starts none (everything dropped) is a sample of its own duration. Otherwise a lead
+    learned on costly decisions (another model's, a long queue's) would stay, judge every
+    later request hopeless, drop it, and never be corrected: live, two models on one
+    engine with their own SLOs, the fast model (SLO ~1 ms) lost all its requests so."""
+    clock = FakeClock()
+    lat = LatencyModel()
+    lat.seed(M, "a", np.array([10.0]))
+    lat.mark_all_warm(M)
+    sched = Scheduler(_CostlyThenDrops(clock), [ModelSpec(M, (1,))], lat)
+    eng = Engine(sched, EmulatedExecutor(g, clock=clock, sleep=clock.sleep), clock=clock)
+    first = eng.submit(req(10, 1e9))
+    with eng:
+        first.result(timeout=10)
+        a = Engine.LEAD_ALPHA
+        lead = a * 2.0
+        assert sched.lead_ms == pytest.approx(lead)
+        for _ in range(3):  # one at a time: each is dropped by its own decision
+            eng.submit(req(10, 1e9)).result(timeout=10)
+            lead += a * (0.1 - lead)
+        assert sched.lead_ms == pytest.approx(lead)
+
+
 @pytest.mark.parametrize("policy", ["orloj", "static"])
 def test_two_models_on_one_live_engine_neither_starves(policy):
     """Real clock and sleeps: a slow model (8 ms a request) and a fast one (0.5 ms) share
