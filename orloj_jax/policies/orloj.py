@@ -279,6 +279,7 @@ class Orloj(Policy):
         self._plan_cache: dict[tuple, tuple] = {}
         self._layouts: dict[tuple, _Layout] = {}
         self._contexts: dict[tuple, tuple] = {}
+        self._weights: dict[str, tuple] = {}  # per model (window totals, mean solo time)
         # per model [on-time answers, arrivals, time of the last update], decayed
         self._share: dict[str, list[float]] = {m: [0.0, 0.0, 0.0] for m in models}
 
@@ -677,10 +678,18 @@ class Orloj(Policy):
         return hit
 
     def _model_weight(self, model: str) -> float:
-        """Mean solo time over the model's measured classes (1.0 before any measurement)."""
+        """Mean solo time over the model's measured classes (1.0 before any measurement),
+        recomputed only when one of their windows took new samples (each mean is over up
+        to 2,048 samples: a quarter of a two-model decision when taken every time)."""
         lat = self.latency
-        means = [d.mean() for (m, _, _), d in zip(lat.class_keys, lat.dists, strict=True) if m == model and d.n]
-        return float(np.mean(means)) if means else 1.0
+        dists = [d for (m, _, _), d in zip(lat.class_keys, lat.dists, strict=True) if m == model]
+        key = tuple(d.total for d in dists)
+        hit = self._weights.get(model)
+        if hit is None or hit[0] != key:
+            means = [d.mean() for d in dists if d.n]
+            hit = self._weights[model] = (key, float(np.mean(means)) if means else 1.0)
+        return hit[1]
+
 
     def _threshold_quantile(self, cid: int) -> float:
         """The class's drop_threshold-quantile, recomputed only when its samples change."""
