@@ -104,6 +104,8 @@ def configs(n: int) -> dict:
     out["minilm-h200@1.5/nopad"] = (_profiled("minilm-h200.json", 1.5, n), {"pad_shapes": False})
     out["minilm-cpu@1.5"] = (_profiled("minilm-cpu.json", 1.5, n), {})
     out["digits-ee-h200@1.5"] = (_profiled("digits-ee-h200.json", 1.5, n), {})
+    # session 6: an SLO below a lone run's p99 (g(1) = 1.74): idle_threshold's case
+    out["digits-ee-cpu@1"] = (_profiled("digits-ee-cpu.json", 1.0, n), {})
     return out
 
 

@@ -413,6 +413,40 @@ def test_orloj_drop_threshold_boundaries(thr, kept):
     assert sorted(rs.index(r) for r in out.finished) == [i for i in range(3) if i not in kept]
 
 
+@pytest.mark.parametrize("idle", [0.5, None])
+def test_orloj_runs_the_best_of_a_hopeless_queue_rather_than_idle(idle):
+    """Default thresholds (drop 0.7, idle 0.5). Slacks 9, 19.5, 20 -> P alone 0, 0.25,
+    0.5: all are below 0.7, so nothing would run. The decision is taken again at the idle
+    threshold: the last (0.5 is not < 0.5) runs, the first two are dropped. Without an
+    idle threshold all three are dropped and the device idles."""
+    s = make("orloj", {"a": Q4}, idle_threshold=idle)
+    rs = add_all(s, [req(deadline=x) for x in (9.0, 19.5, 20.0)])
+    out = s.next_batch(0.0)
+    if idle is None:
+        assert out.batch is None and out.finished == rs
+    else:
+        assert out.finished == rs[:2] and out.batch.requests == [rs[2]]
+        assert out.batch.info["idle_threshold"] == 0.5
+        assert out.batch.info["expected_on_time"] == pytest.approx(0.5)
+    assert all(r.outcome is Outcome.DROPPED and r.reason == "deadline_unmeetable" for r in out.finished)
+
+
+def test_orloj_idle_threshold_only_when_nothing_would_run():
+    """The same P = 0.5 request, queued with one that has P = 1 (slack 40): something
+    runs at the drop threshold (0.7), so the low-odds one is dropped as before."""
+    s = make("orloj", {"a": Q4})
+    low, good = add_all(s, [req(deadline=20.0), req(deadline=40.0)])
+    out = s.next_batch(0.0)
+    assert out.finished == [low] and out.batch.requests == [good]
+    assert "idle_threshold" not in out.batch.info
+
+
+def test_orloj_config_rejects_a_bad_idle_threshold():
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="idle_threshold"):
+            make_policy("orloj", idle_threshold=bad)
+
+
 def test_orloj_prefers_more_on_time_per_ms():
     """Tags l (always 40 ms) and s (always 10 ms); l1 has the earliest deadline (50),
     s1, s2 have 100; g(b) = 1 + 0.1 (b - 1). Expected times: E_s = 9.5, E_l = 39.5
@@ -679,7 +713,7 @@ def test_registry_names_and_errors():
         make_policy("nope")
     with pytest.raises(
         ValueError,
-        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit', 'weigh_models', 'pad_shapes', 'fair_share', 'fair_halflife_ms'\]",
+        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit', 'weigh_models', 'pad_shapes', 'fair_share', 'fair_halflife_ms', 'idle_threshold'\]",
     ):
         make_policy("orloj", bogus=1)
     p = make_policy("static", config=StaticConfig(max_batch_size=4), max_queue_delay_us=5.0)
@@ -692,6 +726,7 @@ def test_registry_names_and_errors():
         "pad_shapes": True,
         "fair_share": True,
         "fair_halflife_ms": 10_000.0,
+        "idle_threshold": 0.5,
     }
 
 

@@ -6,7 +6,9 @@ For each (model, shape bucket) group of queued requests:
    ran alone, right now, is below `drop_threshold` is answered at once
    (`DROPPED`, reason `deadline_unmeetable`) instead of wasting device time.
    Within a class requests are sorted by deadline, so the hopeless ones form
-   a prefix found by one bisect against the class's threshold slack.
+   a prefix found by one bisect against the class's threshold slack. When that
+   would drop *every* queued request (nothing would run: the device would
+   idle), the decision is taken again at `idle_threshold` (work-conserving).
 2. **Candidate batches** take the most urgent surviving requests of each
    latency class: a batch is a count vector n_c over the group's classes.
 3. **Score** = expected on-time completions / expected device time, where the
@@ -58,6 +60,15 @@ class OrlojConfig:
     # threshold (docs/design.md, "Fair share").
     fair_share: bool = True
     fair_halflife_ms: float = 10_000.0
+    # Work-conserving drops: when every queued request would be dropped at
+    # drop_threshold (nothing would run, the device would idle), decide again with this
+    # threshold and run what that finds. None: drop them all, as before session 6. 0.5
+    # from a sweep of 0.1 / 0.3 / 0.5 over the 32 bench.decision_hash simulations (sum of
+    # finish rates +0.030 at 0.5, +0.022 at 0.3, -0.106 at 0.1) and the digits-ee CPU
+    # profile, where at k = 1 (an SLO below a lone batch-1 run's p99: g(1) = 1.74 there)
+    # every request's chance is under 0.7 and orloj dropped all of them: 0.000 -> 0.200
+    # (static 0.105).
+    idle_threshold: float | None = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.drop_threshold < 1.0:
@@ -66,6 +77,8 @@ class OrlojConfig:
             raise ValueError(f"exhaustive_limit must be >= 0, got {self.exhaustive_limit}")
         if not self.fair_halflife_ms > 0:
             raise ValueError(f"fair_halflife_ms must be > 0, got {self.fair_halflife_ms}")
+        if self.idle_threshold is not None and not 0.0 <= self.idle_threshold < 1.0:
+            raise ValueError(f"idle_threshold must be None or in [0, 1), got {self.idle_threshold}")
 
 
 @lru_cache(maxsize=64)
@@ -272,7 +285,8 @@ class Orloj(Policy):
     def bind(self, models, latency) -> None:
         super().bind(models, latency)
         self._emax_cache: dict[tuple, np.ndarray] = {}
-        self._qthr_cache: dict[int, tuple[int, float]] = {}
+        self._qthr_cache: dict[float, dict[int, tuple[int, float]]] = {}
+        self._thr = self.config.drop_threshold
         self._buckets: dict[tuple, np.ndarray] = {}
         self._gb_cache: dict[tuple, tuple] = {}
         self._bound_cache: dict[tuple, tuple] = {}
@@ -341,9 +355,26 @@ class Orloj(Policy):
 
     def select(self, queue, now: float) -> Decision:
         self._contexts.clear()  # the latency model does not change during a decision
-        decision = self._select(queue, now, defer=True)
-        if decision is None:  # a deferred group found no batch after all: decide in order
-            decision = self._select(queue, now, defer=False)
+        decision = self._decide_at(queue, now, self.config.drop_threshold)
+        idle = self.config.idle_threshold
+        if not decision.batch and decision.drops and idle is not None and idle < self.config.drop_threshold:
+            # Every queued request would be dropped and the device would idle: running
+            # the best of them at a lower threshold costs only the arrivals it delays.
+            again = self._decide_at(queue, now, idle)
+            if again.batch:
+                again.info["idle_threshold"] = idle
+                decision = again
+        return decision
+
+    def _decide_at(self, queue, now: float, threshold: float) -> Decision:
+        """`_select` with this drop threshold (no side effects on the queue)."""
+        self._thr = threshold
+        try:
+            decision = self._select(queue, now, defer=True)
+            if decision is None:  # a deferred group found no batch after all: decide in order
+                decision = self._select(queue, now, defer=False)
+        finally:
+            self._thr = self.config.drop_threshold
         return decision
 
     def _select(self, queue, now: float, defer: bool) -> Decision | None:
@@ -586,7 +617,7 @@ class Orloj(Policy):
         runs again on the rest.
         """
         # best_p holds float32 values: compare them with the threshold as float32 does
-        thr = float(np.float32(self.config.drop_threshold))
+        thr = float(np.float32(self._thr))
         for _ in range(self.MAX_SKIP_ROUNDS):
             p = grp.best_p  # [C][J]
             skip, any_skip = [], False
@@ -690,13 +721,13 @@ class Orloj(Policy):
             hit = self._weights[model] = (key, float(np.mean(means)) if means else 1.0)
         return hit[1]
 
-
     def _threshold_quantile(self, cid: int) -> float:
-        """The class's drop_threshold-quantile, recomputed only when its samples change."""
-        thr, lat = self.config.drop_threshold, self.latency
+        """The class's quantile at the current drop threshold (`drop_threshold`, or
+        `idle_threshold` while deciding again), recomputed only when its samples change."""
+        thr, lat = self._thr, self.latency
         if thr <= 0 or lat.is_cold(cid):
             return 0.0
-        cache = self._qthr_cache
+        cache = self._qthr_cache.setdefault(thr, {})
         d = lat.dists[cid]
         hit = cache.get(cid)
         # Refreshed like the CDF tables: once the window has changed by ~3%.
