@@ -16,6 +16,11 @@ learning and early answers, per policy and per engine variant.
 - every `Scheduler.learn` (on the device thread or the learner thread) and every early
   answer (`Engine.answer_early`, which waits for the engine lock);
 
+plus what the latency model believed at the run's start (the offline profile) and end
+(after live learning): per shape bucket the solo-time median and p90 and g, and their
+`solo_drift` (median end / start solo median: above 1, live measurements made requests
+look slower than the profile did, so orloj drops more);
+
 and then, on a real executor, runs a sample of the served batches again, alone, with no
 engine around them: `inflation` = live device_ms / isolated device_ms of the same batch
 measures what the engine's other threads (arrivals, learning, answering) cost a running
@@ -188,6 +193,30 @@ def timeline_row(rec: _Recorder, reqs: list[Request]) -> dict:
     }
 
 
+def beliefs(lat, spec) -> dict:
+    """What a latency model believes of one model: per shape bucket (its classes' pooled
+    windows) the solo-time median and p90 and the samples held, and g at each batch bucket.
+    Compared at a run's start and end it shows whether live learning drifted from the
+    offline profile (e.g. slower solo estimates make orloj drop more)."""
+    out = {}
+    for sb in spec.shape_buckets:
+        xs = [lat.dists[c].samples() for c, (m, _, s) in enumerate(lat.class_keys)
+              if m == spec.name and s == sb and lat.dists[c].n]
+        if not xs:
+            continue
+        x = np.concatenate(xs)
+        out[str(sb)] = {"n": int(x.size), "p50": round(float(np.median(x)), 4),
+                        "p90": round(float(np.percentile(x, 90)), 4),
+                        "g": [round(float(lat.g(spec.name, b, sb)), 4) for b in spec.batch_buckets]}
+    return out
+
+
+def drift(start: dict, end: dict) -> float | None:
+    """Median over shape buckets of end / start solo-time median (1.0: no drift)."""
+    r = [end[k]["p50"] / start[k]["p50"] for k in start if k in end and start[k]["p50"] > 0]
+    return round(float(np.median(r)), 4) if r else None
+
+
 def raw_timeline(rec: _Recorder, reqs: list[Request]) -> dict:
     """Every decision, batch, learning and request of one run: ms from the first arrival."""
     t0 = min(r.arrival_ms for r in reqs)
@@ -270,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
                     for pol in policies:
                         slo = k * base_ms
                         rec = _Recorder(executor)
-                        eng = Engine(Scheduler(make_variant_policy(pol, spec), [model_spec], latency(),
+                        lat = latency()
+                        believed = beliefs(lat, model_spec)
+                        eng = Engine(Scheduler(make_variant_policy(pol, spec), [model_spec], lat,
                                                SchedulerConfig(max_queue=1_000_000, learn_late=cfg.get("learn_late"),
                                                                decision_lead=cfg.get("decision_lead", True))),
                                      rec, owns_executor=False)
@@ -285,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
                         row = {"variant": v, "run": rep, "policy": pol, "slo_k": k, "learn_late": eng.learn_late,
                                "lead_ms": round(eng.scheduler.lead_ms, 4),
                                **timeline_row(rec, reqs)}
+                        with eng.lock:
+                            row["belief"] = {"start": believed, "end": beliefs(eng.scheduler.latency, model_spec)}
+                        row["solo_drift"] = drift(row["belief"]["start"], row["belief"]["end"])
                         if a.raw:
                             row["raw"] = raw_timeline(rec, reqs)
                         if a.workload and a.isolate:
@@ -294,20 +328,20 @@ def main(argv: list[str] | None = None) -> int:
                         inf = row.get("inflation", {}).get("ratio", {}).get("p50")
                         log(f"[timeline] {v} {pol} k={k}: finish {row['finish_rate']:.3f}, batch {row['mean_batch']:.2f}, "
                             f"dropped {row['dropped']}, decision {row['decision_ms'].get('mean', 0):.3f} ms, "
-                            f"gap {row['gap_ms'].get('mean', 0):.3f} ms, device {row['device_ms'].get('mean', 0):.3f} ms"
-                            + (f", live/alone {inf:.3f}" if inf else ""))
+                            f"gap {row['gap_ms'].get('mean', 0):.3f} ms, device {row['device_ms'].get('mean', 0):.3f} ms, "
+                            f"solo drift {row['solo_drift']}" + (f", live/alone {inf:.3f}" if inf else ""))
     finally:
         sys.setswitchinterval(switch0)
         if a.workload:
             executor.close()
     print(f"{'variant':<14} {'policy':<8} {'k':>4} {'finish':>7} {'batch':>6} {'drop':>5} {'decide':>7} {'d p99':>6} "
-          f"{'gap':>6} {'device':>7} {'learn':>6} {'answer p99':>10} {'live/alone':>10}")
+          f"{'gap':>6} {'device':>7} {'learn':>6} {'answer p99':>10} {'live/alone':>10} {'drift':>6}")
     for r in rows:
         inf = r.get("inflation", {}).get("ratio", {}).get("p50", float("nan"))
         print(f"{r['variant']:<14} {r['policy']:<8} {r['slo_k']:>4g} {r['finish_rate']:>7.3f} {r['mean_batch']:>6.2f} "
               f"{r['dropped']:>5} {r['decision_ms'].get('mean', 0):>7.3f} {r['decision_ms'].get('p99', 0):>6.3f} "
               f"{r['gap_ms'].get('mean', 0):>6.3f} {r['device_ms'].get('mean', 0):>7.3f} {r['learn_ms'].get('mean', 0):>6.3f} "
-              f"{r['early_answer_ms'].get('p99', 0):>10.3f} {inf:>10.3f}")
+              f"{r['early_answer_ms'].get('p99', 0):>10.3f} {inf:>10.3f} {r['solo_drift'] or float('nan'):>6.3f}")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({"where": where, "load": a.load, "requests": a.requests, "seed": a.seed,
