@@ -35,7 +35,7 @@ import numpy as np
 
 from orloj_jax.engine import Engine
 from orloj_jax.executor import EmulatedExecutor
-from orloj_jax.latency import LatencyModel
+from orloj_jax.latency import PROFILE_G_WEIGHT, LatencyModel
 from orloj_jax.policies import Policy, make_policy
 from orloj_jax.request import Outcome, Request
 from orloj_jax.scheduler import Batch, ModelSpec, Scheduler
@@ -315,7 +315,7 @@ def zoo_latency(z: ZooSetup, warm: set[tuple[int, int]] | None = None, *, lat: L
     for sb, xs in z.profile_solo.items():
         lat.seed(z.spec.name, z.tag, xs, shape_bucket=sb)
     for (bb, sb), ratio in z.profile_g.items():
-        lat.seed_scaling(z.spec.name, {bb: ratio}, shape_bucket=sb)
+        lat.seed_scaling(z.spec.name, {bb: ratio}, shape_bucket=sb, weight=PROFILE_G_WEIGHT)
     for bb in z.spec.batch_buckets:
         for sb in z.spec.shape_buckets:
             if (bb, sb) in warm if warm is not None else ex.is_warm(z.spec.name, bb, sb):

@@ -40,7 +40,7 @@ import numpy as np
 
 from orloj_jax.engine import perf_ms
 from orloj_jax.executor import Executor
-from orloj_jax.latency import LatencyModel
+from orloj_jax.latency import PROFILE_G_WEIGHT, LatencyModel
 from orloj_jax.policies import make_policy
 from orloj_jax.request import Request
 from orloj_jax.scheduler import Batch, BatchResult, ModelSpec, Scheduler, SchedulerConfig
@@ -320,7 +320,7 @@ class ProfiledWorkload:
         for sb in np.unique(self.shapes):
             lat.seed(self.model, tag or self.tag, self.solo[self.shapes == sb], shape_bucket=int(sb))
         for (bb, sb), ratio in self.profile_g.items():
-            lat.seed_scaling(self.model, {bb: ratio}, shape_bucket=sb)
+            lat.seed_scaling(self.model, {bb: ratio}, shape_bucket=sb, weight=PROFILE_G_WEIGHT)
 
     def latency_model(self) -> LatencyModel:
         lat = LatencyModel()

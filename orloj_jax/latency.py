@@ -55,6 +55,14 @@ class LatencyConfig:
             raise ValueError("compile_prior_ms and g_prior_slope must be >= 0")
 
 
+#: how many measured batches one offline-profiled g(b) point counts as (`seed_scaling`):
+#: the first live batch of digits-ee on a CPU ran ~4x its profiled ratio (a cold start)
+#: and, against a one-sample prior, moved g(2) from 1.07 to 2.53; orloj then judged every
+#: later request hopeless at k = 1 and no batch ran to correct it. Live ratios replace the
+#: profile's copies as the window (`LatencyConfig.g_window`, 256) fills.
+PROFILE_G_WEIGHT = 8
+
+
 class _ModelGrid:
     """Per-model linear grid u_k = k * du and one log-CDF row per class."""
 
@@ -223,11 +231,17 @@ class LatencyModel:
             return
         self._scale(model, shape_bucket).add(batch_bucket, batch_ms / max_solo_ms, self.config.g_window)
 
-    def seed_scaling(self, model: str, g_of_b: dict[int, float], shape_bucket: int = 0) -> None:
-        """Profiled g(b) points, e.g. from a batch-size sweep at warm-up."""
+    def seed_scaling(self, model: str, g_of_b: dict[int, float], shape_bucket: int = 0, weight: int = 1) -> None:
+        """Profiled g(b) points, e.g. from a batch-size sweep at warm-up. Each counts as
+        `weight` measured batches (`PROFILE_G_WEIGHT` for a deliberate offline profile):
+        with weight 1 a bucket's first live batch is half its g, and one cold or stalled
+        batch (the first after start-up or a long idle) could double it."""
+        if weight < 1:
+            raise ValueError(f"weight must be >= 1, got {weight}")
         s = self._scale(model, shape_bucket)
         for b, ratio in g_of_b.items():
-            s.add(int(b), float(ratio), self.config.g_window)
+            for _ in range(weight):
+                s.add(int(b), float(ratio), self.config.g_window)
 
     def observe_compile(self, model: str, batch_bucket: int, shape_bucket: int, compile_ms: float) -> None:
         self._compile.setdefault(model, EmpiricalDist(window=256)).add(compile_ms)

@@ -105,6 +105,24 @@ def test_g_window_and_ignored_observations():
     assert lat.g(M, 3) == pytest.approx(2.5)
 
 
+def test_seed_scaling_weight_is_how_many_batches_a_profiled_point_counts_as():
+    """g(2) profiled at 1.0, then one live batch at ratio 10 (a cold start): weight 1
+    makes g(2) their mean 5.5; weight 8 makes it (8 x 1.0 + 10) / 9 = 2.0. As live
+    ratios fill the window (here 4), they replace the profile's copies."""
+    for weight, expect in ((1, 5.5), (8, 2.0)):
+        lat = LatencyModel()
+        lat.seed_scaling(M, {2: 1.0}, weight=weight)
+        lat.observe_batch(M, 2, 10.0, 1.0)
+        assert lat.g(M, 2) == pytest.approx(expect)
+    lat = LatencyModel(LatencyConfig(g_window=4))
+    lat.seed_scaling(M, {2: 1.0}, weight=8)
+    for _ in range(4):
+        lat.observe_batch(M, 2, 3.0, 2.0)
+    assert lat.g(M, 2) == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="weight"):
+        lat.seed_scaling(M, {2: 1.0}, weight=0)
+
+
 def test_seed_scaling_sets_profiled_points():
     lat = LatencyModel()
     lat.seed_scaling(M, {1: 1.0, 2: 1.5, 4: 2.5})
