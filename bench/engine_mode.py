@@ -35,6 +35,7 @@ import numpy as np
 
 from orloj_jax.engine import Engine
 from orloj_jax.executor import EmulatedExecutor
+from orloj_jax.gctune import SERVE_GC_THRESHOLD, tune_gc
 from orloj_jax.latency import PROFILE_G_WEIGHT, LatencyModel
 from orloj_jax.policies import Policy, make_policy
 from orloj_jax.request import Outcome, Request
@@ -56,8 +57,21 @@ ZOO_WORKLOADS = {
 }
 
 
-def replay(engine: Engine, arrivals_ms: np.ndarray, build: Callable[[int, float], Request], timeout_s: float = 600.0) -> list[Request]:
-    """Submit request i at start + arrivals_ms[i] (real time); wait for every answer."""
+def replay(engine: Engine, arrivals_ms: np.ndarray, build: Callable[[int, float], Request], timeout_s: float = 600.0,
+           gc_threshold: int | None = SERVE_GC_THRESHOLD) -> list[Request]:
+    """Submit request i at start + arrivals_ms[i] (real time); wait for every answer.
+
+    The cyclic garbage collector is set up as `orloj serve` sets it (`tune_gc`) for the
+    replay, and restored after; `gc_threshold=None` leaves it alone."""
+    undo = tune_gc(gc_threshold) if gc_threshold is not None else None
+    try:
+        return _replay(engine, arrivals_ms, build, timeout_s)
+    finally:
+        if undo is not None:
+            undo()
+
+
+def _replay(engine: Engine, arrivals_ms: np.ndarray, build: Callable[[int, float], Request], timeout_s: float) -> list[Request]:
     futs: list[Future] = []
     reqs: list[Request] = []
     t0 = engine.now()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import math
 import threading
@@ -47,6 +46,7 @@ from starlette.routing import Route
 
 from orloj_jax.engine import Engine, EngineClosed, perf_ms
 from orloj_jax.executor import Executor
+from orloj_jax.gctune import SERVE_GC_THRESHOLD, tune_gc
 from orloj_jax.request import Outcome
 from orloj_jax.request import Request as EngineRequest
 from orloj_jax.scheduler import Scheduler
@@ -151,7 +151,7 @@ class ServerConfig:
     api_key: str | None = field(default=None, repr=False)
     #: once ready, tune the process's cyclic garbage collector for serving (see
     #: ``tune_gc``); None leaves it alone. Undone at shutdown.
-    gc_threshold: int | None = 20_000
+    gc_threshold: int | None = SERVE_GC_THRESHOLD
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1 or self.max_items < 1 or self.max_tags_per_model < 1:
@@ -167,42 +167,6 @@ class ServerConfig:
         return DecodeLimits(max_buffer_size=self.max_body_bytes,
                             max_str_len=min(self.max_body_bytes, 1 << 20),
                             max_bin_len=self.max_body_bytes)
-
-
-# ----------------------------------------------------------------------------- garbage collector
-
-
-def tune_gc(threshold0: int) -> Callable[[], None]:
-    """Set the cyclic GC up for serving; returns the function that undoes it.
-
-    Two things, both process-wide:
-
-    - ``gc.freeze()``: what exists once the server is ready (modules, models, compiled
-      code: hundreds of thousands of objects) moves to a generation that collections
-      never traverse. A full collection of that heap took ~20 ms, and under load the
-      server ran one every few thousand requests.
-    - the first generation's threshold raised to ``threshold0`` (CPython's default is
-      700). A request in flight holds a few dozen container objects (its task and
-      coroutines, the engine's request, the item, the waiter...) for milliseconds;
-      with dozens in flight, the default threshold ran a young collection every ~20
-      requests, each traversing all of them, and promoted them towards the old
-      generations. Answered requests leave no cycles (the handler is written so), so
-      collecting less often frees the same memory, by reference counting.
-
-    Under ``wrk`` (bench.http_overhead) the two together took the collector from about
-    a tenth of the event loop's time to under 1%.
-    """
-    before = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(max(threshold0, before[0]), *before[1:])
-
-    def undo() -> None:
-        if gc.get_threshold()[0] == max(threshold0, before[0]):  # unless changed since
-            gc.set_threshold(*before)
-        gc.unfreeze()
-
-    return undo
 
 
 # ----------------------------------------------------------------------------- app state

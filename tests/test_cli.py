@@ -218,3 +218,41 @@ def test_engine_mode_trace_workload_writes_the_sim_schema(tmp_path, capsys):
     for row in rep["results"]:
         assert set(row) >= RESULT_KEYS and row["n"] == 40
         assert row["on_time"] + row["late"] + row["dropped"] + row["failed"] == 40
+
+
+@pytest.mark.parametrize("threshold", [12_345, None])
+def test_replay_serves_with_the_servers_garbage_collector_settings(threshold):
+    """bench.engine_mode.replay (every in-process live benchmark) sets the cyclic GC up
+    as `orloj serve` does (`orloj_jax.gctune.tune_gc`: start-up heap frozen, a higher
+    young-generation threshold) while it serves, and restores it after; None leaves it."""
+    import gc
+
+    import numpy as np
+
+    from bench.engine_mode import replay
+    from orloj_jax.engine import Engine
+    from orloj_jax.executor import EmulatedExecutor
+    from orloj_jax.latency import LatencyModel
+    from orloj_jax.request import Request
+    from orloj_jax.scheduler import ModelSpec, Scheduler
+
+    seen = []
+
+    class Spy(Static):
+        def select(self, queue, now):
+            seen.append((gc.get_threshold(), gc.get_freeze_count() > 0))
+            return super().select(queue, now)
+
+    before = gc.get_threshold()
+    lat = LatencyModel()
+    lat.mark_all_warm("m")
+    eng = Engine(Scheduler(Spy(), [ModelSpec("m", (1, 2))], lat), EmulatedExecutor(lambda b: 1.0)).start()
+    try:
+        reqs = replay(eng, np.array([0.0, 1.0, 2.0]), lambda i, now: Request("m", "a", now, now + 1e6, true_ms=0.1),
+                      gc_threshold=threshold)
+    finally:
+        eng.shutdown()
+    assert len(reqs) == 3 and all(r.done for r in reqs) and seen
+    want = ((max(threshold, before[0]), *before[1:]), True) if threshold else (before, gc.get_freeze_count() > 0)
+    assert all(s == want for s in seen)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
