@@ -38,8 +38,11 @@ solo_ms (what the latency model learns)
     stages 0..its exit of that stage's **batch-1 step time** at this shape bucket. A
     stage's step is what a run pays for it: the compiled call, ``block_until_ready``,
     fetching the stage output, the exit decision, finalize and compaction (stage 0's step
-    also includes packing and the transfer to the device); compile time is excluded. So a
-    batch of one has device_ms - compile_ms ~= its solo_ms, and the latency model's g(b)
+    also includes packing and the transfer to the device). Compile time is excluded, and
+    so is the early answers' hand-off (``on_exit``: the engine's lock and callbacks, which
+    live took digits-ee's batch-1 steps to ~3x their warm-up time); ``device_ms``
+    includes it. So a batch of one has device_ms - compile_ms ~= its solo_ms plus that
+    hand-off, and the latency model's g(b)
     measures how the whole serving path scales with the batch, host work included (for a
     tiny CNN the host work is most of it). The batch-1 step time of each (model, stage
     key, shape bucket) is the median of a sliding window: measured at warm-up of batch
@@ -702,6 +705,7 @@ class JaxExecutor(Executor):
                     rows[live] = early[members] & (thr[members] == t)
                     done |= rows & dec
             b_run = cur
+            hand_ms = 0.0  # spent answering early exits (the engine's hand-off), not the model's
             if done is not None:
                 rows = np.nonzero(done)[0]
                 if len(rows):
@@ -713,7 +717,9 @@ class JaxExecutor(Executor):
                         exit_index[j] = i
                         finish[j] = now
                         if notify is not None and i < last:
+                            t_n = self.clock()
                             notify(int(j), o, i, now)  # answer it now, not when the batch ends
+                            hand_ms += self.clock() - t_n
                     slot[rows] = -1
                 keep = np.nonzero(slot >= 0)[0]
                 if len(keep) and compact and len(rows):
@@ -723,7 +729,11 @@ class JaxExecutor(Executor):
                         slot = np.concatenate([slot[keep], np.full(new - len(keep), -1)])
                         cur = new
             now = self.clock()
-            ms = now - t_prev - c_ms
+            # the step without its compile and without the early answers' hand-off: live, that
+            # hand-off (the engine lock, the caller's callback, a GIL switch to the thread it
+            # wakes) took batch-1 steps of digits-ee to ~3x their warm-up time, every solo
+            # estimate with them, and orloj then judged nearly every request hopeless
+            ms = now - t_prev - c_ms - hand_ms
             t_prev = now
             step_ms.append((b_run, ms))
             if record and b_run == 1:
