@@ -6,7 +6,8 @@ N requests are submitted at once with loose deadlines, so the engine runs
 saturated: it decides, runs and answers batches back to back. The batches it
 formed are recorded; a bare loop then calls the same warm executables
 (`JaxExecutor.run`) on exactly those batches, with no scheduler, no
-threads and no futures. One untimed pass of each comes first (the first
+threads and no futures. Both passes run with the garbage-collector settings
+`orloj serve` uses (`orloj_jax.gctune`). One untimed pass of each comes first (the first
 executions of each executable are slower than the later ones). The ratio of their throughputs is the engine's
 overhead (issue 4 target: engine >= 0.9x bare).
 """

@@ -316,7 +316,8 @@ class ProfiledWorkload:
 
     def seed(self, lat: LatencyModel, tag: str | None = None) -> None:
         """Give `lat` this profile as offline knowledge: per shape bucket the sampled
-        inputs' solo times (class (model, tag, shape)), and g(b) per (batch, shape)."""
+        inputs' solo times (class (model, tag, shape)), and g(b) per (batch, shape), each
+        point worth `PROFILE_G_WEIGHT` measured batches."""
         for sb in np.unique(self.shapes):
             lat.seed(self.model, tag or self.tag, self.solo[self.shapes == sb], shape_bucket=int(sb))
         for (bb, sb), ratio in self.profile_g.items():

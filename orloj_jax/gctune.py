@@ -34,11 +34,8 @@ def tune_gc(threshold0: int) -> Callable[[], None]:
 
     Under ``wrk`` (bench.http_overhead) the two together took the collector from about
     a tenth of the event loop's time to under 1%. In the in-process live engine
-    (`bench.engine_mode.replay`), digits-ee at k = 3 on a 2-core CPU: orloj's batches ran
-    ~1.4-1.6x as long as static's of the same size under the default collector (orloj's
-    decisions allocate many more objects, so young collections ran inside batches), and
-    orloj finished 0.36-0.57 against static's 0.70-0.80; with threshold0 = 20,000 the two
-    were level (0.71-0.72 against 0.68-0.74).
+    (digits-ee at k = 3 on a 2-core CPU, three alternating pairs) the difference stayed
+    inside the run-to-run noise; the benchmarks apply it to measure what the server runs.
     """
     before = gc.get_threshold()
     gc.collect()
