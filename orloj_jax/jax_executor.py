@@ -39,10 +39,10 @@ solo_ms (what the latency model learns)
     stage's step is what a run pays for it: the compiled call, ``block_until_ready``,
     fetching the stage output, the exit decision, finalize and compaction (stage 0's step
     also includes packing and the transfer to the device). Compile time is excluded, and
-    so is the early answers' hand-off (``on_exit``: the engine's lock and callbacks, which
-    live took digits-ee's batch-1 steps to ~3x their warm-up time); ``device_ms``
-    includes it. So a batch of one has device_ms - compile_ms ~= its solo_ms plus that
-    hand-off, and the latency model's g(b)
+    so is the early answers' hand-off (``on_exit``: the engine's lock and the caller's
+    callback, ~10 us an answer, occasionally a GIL switch of milliseconds), which is the
+    engine's time, not the model's; ``device_ms`` includes it. So a batch of one has
+    device_ms - compile_ms ~= its solo_ms plus that hand-off, and the latency model's g(b)
     measures how the whole serving path scales with the batch, host work included (for a
     tiny CNN the host work is most of it). The batch-1 step time of each (model, stage
     key, shape bucket) is the median of a sliding window: measured at warm-up of batch
@@ -729,10 +729,8 @@ class JaxExecutor(Executor):
                         slot = np.concatenate([slot[keep], np.full(new - len(keep), -1)])
                         cur = new
             now = self.clock()
-            # the step without its compile and without the early answers' hand-off: live, that
-            # hand-off (the engine lock, the caller's callback, a GIL switch to the thread it
-            # wakes) took batch-1 steps of digits-ee to ~3x their warm-up time, every solo
-            # estimate with them, and orloj then judged nearly every request hopeless
+            # the step without its compile and without the early answers' hand-off (the
+            # engine's lock and callback, and sometimes a GIL switch to the thread it wakes)
             ms = now - t_prev - c_ms - hand_ms
             t_prev = now
             step_ms.append((b_run, ms))
