@@ -82,6 +82,9 @@ step engine-mode 120 "$PY" -m bench.cli bench --mode engine --workload minilm-te
 # where the live engine's time goes (decisions, gaps, learning, live vs isolated batches)
 step timeline 150 "$PY" -m bench.engine_timeline --workload minilm-text --variants default,pipeline "${TL[@]}" \
     --json "$RES/timeline-h200.json"
+# the same for digits-ee alone (1-3 ms SLOs: on a CPU orloj drops most of them, session 6)
+step timeline-digits 90 "$PY" -m bench.engine_timeline --workload digits-ee --variants default --slo-k 1.5,3 "${TL[@]}" \
+    --json "$RES/timeline-digits-h200.json"
 # minilm and digits-ee on one device and one engine (issue 4's two-model acceptance)
 step two-models 120 "$PY" -m bench.two_models --mode engine "${TWO[@]}" --json "$RES/two-models-h200.json"
 step engine-overhead 150 "$PY" -m bench.engine_overhead --model minilm,digits-ee --pipeline both "${OVH[@]}"
