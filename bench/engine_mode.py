@@ -35,7 +35,7 @@ import numpy as np
 
 from orloj_jax.engine import Engine
 from orloj_jax.executor import EmulatedExecutor
-from orloj_jax.gctune import SERVE_GC_THRESHOLD, tune_gc
+from orloj_jax.gctune import SERVE_GC_THRESHOLD, serving_gc
 from orloj_jax.latency import PROFILE_G_WEIGHT, LatencyModel
 from orloj_jax.policies import Policy, make_policy
 from orloj_jax.request import Outcome, Request
@@ -63,26 +63,18 @@ def replay(engine: Engine, arrivals_ms: np.ndarray, build: Callable[[int, float]
 
     The cyclic garbage collector is set up as `orloj serve` sets it (`tune_gc`) for the
     replay, and restored after; `gc_threshold=None` leaves it alone."""
-    undo = tune_gc(gc_threshold) if gc_threshold is not None else None
-    try:
-        return _replay(engine, arrivals_ms, build, timeout_s)
-    finally:
-        if undo is not None:
-            undo()
-
-
-def _replay(engine: Engine, arrivals_ms: np.ndarray, build: Callable[[int, float], Request], timeout_s: float) -> list[Request]:
     futs: list[Future] = []
     reqs: list[Request] = []
-    t0 = engine.now()
-    for i, a in enumerate(arrivals_ms):
-        delay = (t0 + float(a) - engine.now()) / 1000.0
-        if delay > 0:
-            time.sleep(delay)
-        req = build(i, engine.now())
-        reqs.append(req)
-        futs.append(engine.submit(req))
-    done, not_done = wait(futs, timeout=timeout_s)
+    with serving_gc(gc_threshold):
+        t0 = engine.now()
+        for i, a in enumerate(arrivals_ms):
+            delay = (t0 + float(a) - engine.now()) / 1000.0
+            if delay > 0:
+                time.sleep(delay)
+            req = build(i, engine.now())
+            reqs.append(req)
+            futs.append(engine.submit(req))
+        done, not_done = wait(futs, timeout=timeout_s)
     if not_done:
         raise RuntimeError(f"{len(not_done)} requests unanswered after {timeout_s} s")
     for f in done:

@@ -23,7 +23,7 @@ from concurrent.futures import wait
 import numpy as np
 
 from orloj_jax.engine import Engine
-from orloj_jax.gctune import SERVE_GC_THRESHOLD, tune_gc
+from orloj_jax.gctune import serving_gc
 from orloj_jax.latency import LatencyModel
 from orloj_jax.policies import make_policy
 from orloj_jax.request import Request
@@ -62,16 +62,13 @@ def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None
         eng = Engine(Scheduler(make_policy(policy), [spec], lat), rec, owns_executor=False)
         now = eng.now()
         futs = [eng.submit(Request(model_name, "t", now, now + 1e9, size=it.size, payload=it)) for it in pick]
-        undo = tune_gc(SERVE_GC_THRESHOLD)  # the collector as `orloj serve` sets it
-        try:
+        with serving_gc():  # the collector as `orloj serve` sets it
             t0 = time.perf_counter()
             eng.start()
             # one wake-up when all are answered: a loop over f.result() would wake this thread
             # once per answer, and on a 2-core machine it competes with the device thread
             done, pending = wait(futs, timeout=600)
             dt = time.perf_counter() - t0
-        finally:
-            undo()
         if pending:
             raise RuntimeError(f"{len(pending)} requests not answered in 600 s")
         for f in done:
@@ -80,14 +77,11 @@ def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None
         return dt, rec.batches
 
     def bare_pass(batches: list[Batch]) -> float:
-        undo = tune_gc(SERVE_GC_THRESHOLD)  # the same collector settings as the engine pass
-        try:
+        with serving_gc():  # the same collector settings as the engine pass
             t0 = time.perf_counter()
             for b in batches:
                 ex.run(b)  # the same batch, the same warm executables, nothing else
             return time.perf_counter() - t0
-        finally:
-            undo()
 
     # A first pass of each warms what compiling does not (first executions, allocator).
     _, first = engine_pass()

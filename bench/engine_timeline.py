@@ -43,7 +43,6 @@ batch through the GIL and the engine lock. Variants change the engine, not the p
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -56,7 +55,7 @@ from orloj_jax.policies import make_policy
 from orloj_jax.request import Outcome, Request
 from orloj_jax.scheduler import Batch, Scheduler, SchedulerConfig
 
-from .cli import add_comparison_args, comparison_spec
+from .cli import _write_json, add_comparison_args, comparison_spec
 from .engine_mode import TimedBatchLog, replay
 from .runner import _policy
 
@@ -342,11 +341,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['dropped']:>5} {r['decision_ms'].get('mean', 0):>7.3f} {r['decision_ms'].get('p99', 0):>6.3f} "
               f"{r['gap_ms'].get('mean', 0):>6.3f} {r['device_ms'].get('mean', 0):>7.3f} {r['learn_ms'].get('mean', 0):>6.3f} "
               f"{r['early_answer_ms'].get('p99', 0):>10.3f} {inf:>10.3f} {r['solo_drift'] or float('nan'):>6.3f}")
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps({"where": where, "load": a.load, "requests": a.requests, "seed": a.seed,
-                                      "arrival": a.arrival, "max_batch": a.max_batch, "solo_p99_ms": base_ms,
-                                      "rows": rows}, indent=1) + "\n")
+    _write_json(a.json, {"where": where, "load": a.load, "requests": a.requests, "seed": a.seed, "arrival": a.arrival,
+                         "max_batch": a.max_batch, "solo_p99_ms": base_ms, "rows": rows})
     return 0
 
 

@@ -25,7 +25,6 @@ Prints each model's finish rate per policy and k.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ import numpy as np
 from orloj_jax.policies import make_policy
 from orloj_jax.sim import SimConfig, simulate_models
 
+from .cli import _write_json
 from .workloads import get_workload
 
 POLICIES = ("orloj", "static", "clockwork", "nexus", "clipper")
@@ -164,9 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rep["rows"]:
         print(f"| {r['slo_k']:g} | {r['policy']} | {r[names[0]]['finish_rate']:.3f} | {r[names[1]]['finish_rate']:.3f} | "
               f"{r[names[0]]['mean_batch']:.2f} / {r[names[1]]['mean_batch']:.2f} | {r['compiles_while_serving']} |")
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(rep, indent=1) + "\n")
+    _write_json(a.json, rep)
     return 0
 
 

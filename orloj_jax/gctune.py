@@ -3,13 +3,15 @@
 `orloj serve` applies it once the server is ready (`server.app.ServerConfig.gc_threshold`);
 the in-process live benchmarks apply it around each replay (`bench.engine_mode.replay`), so
 they measure the engine as the server runs it. Embedding `Engine` in another process: call
-`tune_gc(SERVE_GC_THRESHOLD)` once the models are loaded and compiled.
+`tune_gc(SERVE_GC_THRESHOLD)` once the models are loaded and compiled (or wrap the serving
+in `serving_gc()`).
 """
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 #: the first generation's threshold while serving (CPython's default is 700)
 SERVE_GC_THRESHOLD = 20_000
@@ -48,3 +50,15 @@ def tune_gc(threshold0: int) -> Callable[[], None]:
         gc.unfreeze()
 
     return undo
+
+
+@contextmanager
+def serving_gc(threshold0: int | None = SERVE_GC_THRESHOLD) -> Iterator[None]:
+    """`tune_gc(threshold0)` for the duration of the block, undone after; None: leave the
+    collector alone."""
+    undo = tune_gc(threshold0) if threshold0 is not None else None
+    try:
+        yield
+    finally:
+        if undo is not None:
+            undo()

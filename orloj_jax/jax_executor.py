@@ -711,15 +711,16 @@ class JaxExecutor(Executor):
                 if len(rows):
                     res = m.finalize(i, out, rows)
                     now = self.clock()
+                    answer = notify is not None and i < last  # answer them now, not when the batch ends
                     for r, o in zip(rows, res, strict=True):
                         j = slot[r]
                         outputs[j] = o
                         exit_index[j] = i
                         finish[j] = now
-                        if notify is not None and i < last:
-                            t_n = self.clock()
-                            notify(int(j), o, i, now)  # answer it now, not when the batch ends
-                            hand_ms += self.clock() - t_n
+                        if answer:
+                            notify(int(j), o, i, now)
+                    if answer:
+                        hand_ms = self.clock() - now
                     slot[rows] = -1
                 keep = np.nonzero(slot >= 0)[0]
                 if len(keep) and compact and len(rows):
