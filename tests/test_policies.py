@@ -713,7 +713,7 @@ def test_registry_names_and_errors():
         make_policy("nope")
     with pytest.raises(
         ValueError,
-        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit', 'weigh_models', 'pad_shapes', 'fair_share', 'fair_halflife_ms', 'idle_threshold'\]",
+        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit', 'weigh_models', 'pad_shapes', 'fair_share', 'fair_halflife_ms', 'idle_threshold', 'skip_riders'\]",
     ):
         make_policy("orloj", bogus=1)
     p = make_policy("static", config=StaticConfig(max_batch_size=4), max_queue_delay_us=5.0)
@@ -727,6 +727,7 @@ def test_registry_names_and_errors():
         "fair_share": True,
         "fair_halflife_ms": 10_000.0,
         "idle_threshold": 0.5,
+        "skip_riders": "better",
     }
 
 
@@ -890,3 +891,93 @@ def test_static_timeouts_from_its_expiry_heap_match_a_full_scan():
         assert all(r.outcome is Outcome.TIMED_OUT for r in out.finished)
         if out.batch is not None:
             s.on_done(out.batch, BatchResult(device_ms=1.0, solo_ms=np.ones(len(out.batch.requests))), now)
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_orloj_single_class_path_decides_as_the_general_path(early):
+    """One warm class queued (one model, one tag, one shape): `Orloj._single_class`
+    decides without building groups and plans. On 300 seeded random cases (drop and idle
+    thresholds, each skip-rider mode, 1-30 queued, g with and without batch scaling,
+    some requests already hopeless) it decides exactly what the general path does:
+    same batch, buckets, drops, predicted time and info (score to 1e-12)."""
+    rng = np.random.default_rng(5)
+    used = 0
+    for _ in range(300):
+        opts = {"drop_threshold": float(rng.choice([0.0, 0.3, 0.7, 0.9])),
+                "skip_riders": str(rng.choice(["always", "better", "never"])),
+                "idle_threshold": None if rng.random() < 0.3 else float(rng.choice([0.0, 0.2]))}
+        spec = ModelSpec(M, (1, 2, 4, 8), answers_at_exit=early)
+        lat = LatencyModel(LatencyConfig(grid_points=64))
+        # a multi-modal class (an early-exit model's stages) or a lognormal one
+        if rng.random() < 0.5:
+            xs = rng.choice([2.0, 5.0, 9.0], size=60, p=[0.1, 0.8, 0.1])
+        else:
+            xs = rng.lognormal(math.log(5.0), 0.4, 60)
+        lat.seed(M, "a", xs)
+        if rng.random() < 0.7:
+            lat.seed_scaling(M, {b: float(1.0 + rng.uniform(0.0, 0.3) * (b - 1)) for b in (1, 2, 4, 8)})
+        lat.mark_all_warm(M)
+        pols = [make_policy("orloj", **opts) for _ in range(2)]
+        for p in pols:
+            p.bind({M: spec}, lat)
+        pols[1].fast_single_class = False
+        q = Scheduler(make_policy("orloj"), [spec], lat).queue
+        cid = lat.class_id(M, "a")
+        for _ in range(int(rng.integers(1, 31))):
+            r = req("a", deadline=float(rng.uniform(-2.0, 40.0)))
+            r.cls = cid
+            q.add(r)
+        used += pols[0]._single_class(q, 0.0) is not None
+        fast, slow = pols[0].select(q, 0.0), pols[1].select(q, 0.0)
+        assert [r.id for r in fast.batch] == [r.id for r in slow.batch]
+        assert (fast.model, fast.batch_bucket, fast.shape_bucket) == (slow.model, slow.batch_bucket, slow.shape_bucket)
+        assert [(r.id, why) for r, _, why in fast.drops] == [(r.id, why) for r, _, why in slow.drops]
+        assert fast.predicted_ms == slow.predicted_ms
+        assert fast.info.keys() == slow.info.keys()
+        for key, val in slow.info.items():
+            assert fast.info[key] == pytest.approx(val, rel=1e-12, abs=0)
+    assert used == 300
+
+
+def test_orloj_single_class_path_leaves_other_queues_to_the_general_path():
+    """Two tags, a cold class or a cold bucket: `_single_class` declines (None)."""
+    s = make("orloj", {"a": Q4, "b": Q4})
+    add_all(s, [req("a"), req("b")])
+    assert s.policy._single_class(s.queue, 0.0) is None
+    s = make("orloj", {"a": Q4[:1]})  # fewer than min_samples: cold
+    add_all(s, [req("a")])
+    assert s.policy._single_class(s.queue, 0.0) is None
+    s = make("orloj", {"a": Q4}, warm=False)
+    s.latency.mark_warm(M, 8)  # bucket 1's compile is now avoidable (by padding to 8)
+    add_all(s, [req("a")])
+    assert s.policy._single_class(s.queue, 0.0) is None
+    s = make("orloj", {"a": Q4})
+    add_all(s, [req("a")])
+    assert s.policy._single_class(s.queue, 0.0) is not None
+
+
+@pytest.mark.parametrize("mode", ["always", "better", "never"])
+def test_orloj_skip_riders_modes(mode):
+    """Members answered at their own exit. Solo times 4 or 8 ms; g = 1 alone, 1.5 in
+    buckets 2 and 4. The head (slack 9) is sure alone but has P = F(6) = 0.5 < 0.7 in
+    the best batch (all four, bucket 4: score 3.5 / 11.6 ms); the others are safe.
+    always: the head is skipped (left queued) and the other three run; better: without
+    it the batch scores 3 / 11.25 ms, lower, so it rides; never: it rides."""
+    spec = ModelSpec(M, (1, 2, 4), answers_at_exit=True)
+    lat = LatencyModel(LatencyConfig(grid_points=61))
+    lat.seed(M, "a", np.asarray([4.0] * 10 + [8.0] * 10))
+    lat.seed_scaling(M, {1: 1.0, 2: 1.5, 4: 1.5})
+    lat.mark_all_warm(M)
+    s = Scheduler(make_policy("orloj", skip_riders=mode), [spec], lat)
+    head = req("a", deadline=9.0)
+    rest = [req("a", deadline=50.0) for _ in range(3)]
+    add_all(s, [head, *rest])
+    out = s.next_batch(0.0)
+    ids = [r.id for r in out.batch.requests]
+    assert (head.id in ids) == (mode != "always")
+    assert all(r.id in ids for r in rest)
+
+
+def test_orloj_skip_riders_validation():
+    with pytest.raises(ValueError, match="skip_riders"):
+        make_policy("orloj", skip_riders="sometimes")
