@@ -73,16 +73,26 @@ VARIANTS = {
 
 def make_variant_policy(name: str, spec):
     """A policy by name, optionally with config options: `orloj:drop_threshold=0.3`
-    (several options joined by '+': `orloj:drop_threshold=0.3+pad_shapes=false`)."""
+    (several options joined by '+': `orloj:drop_threshold=0.3+skip_riders=never`; values
+    true / false / none, numbers, else strings)."""
     base, _, opts = name.partition(":")
     if not opts:
         return _policy(base, spec, None)
     kw = {}
     for item in opts.split("+"):
         key, _, val = item.partition("=")
-        low = val.strip().lower()
-        kw[key.strip()] = True if low == "true" else False if low == "false" else float(val)
+        kw[key.strip()] = _option_value(val.strip())
     return make_policy(base, **{**spec.policy_options.get(base, {}), **kw})
+
+
+def _option_value(val: str):
+    low = val.lower()
+    if low in ("true", "false", "none"):
+        return {"true": True, "false": False, "none": None}[low]
+    try:
+        return float(val)
+    except ValueError:
+        return val
 
 
 def _ms() -> float:

@@ -415,3 +415,24 @@ def test_batch1_step_times_exclude_the_early_answers_hand_off(ex, items):
     assert all(x.device_ms >= 5.0 for x in runs)
     assert ex.batch1_ms(DIG, stage, 8) < before + 2.0  # the 5 ms hand-off is not in it
     assert all(x.solo_ms[0] < 5.0 for x in runs)
+
+
+def test_live_ab_pairs_every_policy_on_one_trace(cache, tmp_path):
+    """bench.live_ab on the real digits CNN: each policy runs once per repetition on the
+    same trace, and each difference is paired with the baseline's run of that repetition."""
+    from bench import live_ab
+
+    res = live_ab.run_ab(DIG, ["orloj:skip_riders=never", "static"], [4.0], reps=2, n=60, max_batch=4,
+                         cache_dir=cache, log=lambda m: None)
+    rows = {r["policy"]: r for r in res["rows"]}
+    assert set(rows) == {"orloj:skip_riders=never", "static"} and res["baseline"] == "static"
+    for r in rows.values():
+        assert len(r["finish"]) == 2 and all(0.0 <= x <= 1.0 for x in r["finish"])
+    o, s = rows["orloj:skip_riders=never"], rows["static"]
+    diffs = [a - b for a, b in zip(o["finish"], s["finish"], strict=True)]
+    assert o["diff_min"] == pytest.approx(min(diffs), abs=1e-4) and o["diff_max"] == pytest.approx(max(diffs), abs=1e-4)
+    assert s["diff_mean"] == 0.0 and s["wins"] == 0
+    out = tmp_path / "ab.json"
+    assert live_ab.main(["--workload", DIG, "--policies", "orloj;static", "--slo-k", "4", "--reps", "1", "--requests", "40",
+                         "--max-batch", "4", "--cache-dir", str(cache), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"][0]["policy"] == "orloj"
