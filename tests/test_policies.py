@@ -894,9 +894,9 @@ def test_static_timeouts_from_its_expiry_heap_match_a_full_scan():
 
 
 @pytest.mark.parametrize("early", [False, True])
-def test_orloj_single_class_path_decides_as_the_general_path(early):
-    """One warm class queued (one model, one tag, one shape): `Orloj._single_class`
-    decides without building groups and plans. On 300 seeded random cases (drop and idle
+def test_orloj_one_tag_path_decides_as_the_general_path_one_shape(early):
+    """One warm class queued (one model, one tag, one shape): `Orloj._one_tag` decides
+    without building groups and plans. On 300 seeded random cases (drop and idle
     thresholds, each skip-rider mode, 1-30 queued, g with and without batch scaling,
     some requests already hopeless) it decides exactly what the general path does:
     same batch, buckets, drops, predicted time and info (score to 1e-12)."""
@@ -920,14 +920,14 @@ def test_orloj_single_class_path_decides_as_the_general_path(early):
         pols = [make_policy("orloj", **opts) for _ in range(2)]
         for p in pols:
             p.bind({M: spec}, lat)
-        pols[1].fast_single_class = False
+        pols[1].fast_one_tag = False
         q = Scheduler(make_policy("orloj"), [spec], lat).queue
         cid = lat.class_id(M, "a")
         for _ in range(int(rng.integers(1, 31))):
             r = req("a", deadline=float(rng.uniform(-2.0, 40.0)))
             r.cls = cid
             q.add(r)
-        used += pols[0]._single_class(q, 0.0) is not None
+        used += pols[0]._one_tag(q, 0.0) is not None
         fast, slow = pols[0].select(q, 0.0), pols[1].select(q, 0.0)
         assert [r.id for r in fast.batch] == [r.id for r in slow.batch]
         assert (fast.model, fast.batch_bucket, fast.shape_bucket) == (slow.model, slow.batch_bucket, slow.shape_bucket)
@@ -939,21 +939,71 @@ def test_orloj_single_class_path_decides_as_the_general_path(early):
     assert used == 300
 
 
-def test_orloj_single_class_path_leaves_other_queues_to_the_general_path():
-    """Two tags, a cold class or a cold bucket: `_single_class` declines (None)."""
+@pytest.mark.parametrize("early", [False, True])
+def test_orloj_one_tag_path_decides_as_the_general_path_many_shapes(early):
+    """One tag over several shape buckets (MiniLM's case): `_one_tag` searches each
+    shape's group and each padded group directly. On 300 seeded random queues (1-40
+    requests over 1-4 shapes, half with whole-ms deadlines and some with every shape's
+    profile alike, so that deadlines and scores tie, thresholds, skip-rider modes, padding on and off) it
+    decides exactly what the general path does: same batch, buckets (shape included),
+    drops, predicted time and info (score to 1e-12)."""
+    rng = np.random.default_rng(13)
+    shapes = (16, 32, 64, 128)
+    used = 0
+    for _ in range(300):
+        opts = {"drop_threshold": float(rng.choice([0.0, 0.3, 0.7])),
+                "skip_riders": str(rng.choice(["always", "better", "never"])),
+                "pad_shapes": bool(rng.random() < 0.8)}
+        spec = ModelSpec(M, (1, 2, 4, 8), shapes, answers_at_exit=early)
+        lat = LatencyModel(LatencyConfig(grid_points=64))
+        same = rng.random() < 0.3  # every shape alike: groups of different shapes tie
+        xs0, g0 = rng.choice([2.0, 5.0, 8.0], size=40, p=[0.2, 0.7, 0.1]), {b: 1.0 + 0.1 * (b - 1) for b in (1, 2, 4, 8)}
+        for sb in shapes:
+            base = 5.0 * (1 + sb / 64)
+            xs = (rng.choice([0.5 * base, base, 1.6 * base], size=40, p=[0.2, 0.7, 0.1]) if rng.random() < 0.5
+                  else rng.lognormal(math.log(base), 0.3, 40))
+            g = {b: float(1.0 + rng.uniform(0.0, 0.2) * (b - 1)) for b in (1, 2, 4, 8)}
+            lat.seed(M, "a", xs0 if same else xs, shape_bucket=sb)
+            lat.seed_scaling(M, g0 if same else g, shape_bucket=sb)
+        lat.mark_all_warm(M)
+        pols = [make_policy("orloj", **opts) for _ in range(2)]
+        for p in pols:
+            p.bind({M: spec}, lat)
+        pols[1].fast_one_tag = False
+        s = Scheduler(make_policy("orloj"), [spec], lat)
+        use = shapes[: int(rng.integers(1, 5))]
+        ties = rng.random() < 0.5  # whole-ms deadlines: equal deadlines and equal scores
+        for _ in range(int(rng.integers(1, 41))):
+            sb = int(rng.choice(use))
+            dl = float(rng.integers(-2, 60)) if ties else float(rng.uniform(-2.0, 60.0))
+            s.add(Request(M, "a", 0.0, dl, size=sb - int(rng.integers(0, 8))), 0.0)
+        used += pols[0]._one_tag(s.queue, 0.0) is not None
+        fast, slow = pols[0].select(s.queue, 0.0), pols[1].select(s.queue, 0.0)
+        assert [r.id for r in fast.batch] == [r.id for r in slow.batch]
+        assert (fast.model, fast.batch_bucket, fast.shape_bucket) == (slow.model, slow.batch_bucket, slow.shape_bucket)
+        assert [(r.id, why) for r, _, why in fast.drops] == [(r.id, why) for r, _, why in slow.drops]
+        assert fast.predicted_ms == slow.predicted_ms
+        assert fast.info.keys() == slow.info.keys()
+        for key, val in slow.info.items():
+            assert fast.info[key] == pytest.approx(val, rel=1e-12, abs=0)
+    assert used == 300
+
+
+def test_orloj_one_tag_path_leaves_other_queues_to_the_general_path():
+    """Two tags, a cold class or a cold bucket: `_one_tag` declines (None)."""
     s = make("orloj", {"a": Q4, "b": Q4})
     add_all(s, [req("a"), req("b")])
-    assert s.policy._single_class(s.queue, 0.0) is None
+    assert s.policy._one_tag(s.queue, 0.0) is None
     s = make("orloj", {"a": Q4[:1]})  # fewer than min_samples: cold
     add_all(s, [req("a")])
-    assert s.policy._single_class(s.queue, 0.0) is None
+    assert s.policy._one_tag(s.queue, 0.0) is None
     s = make("orloj", {"a": Q4}, warm=False)
     s.latency.mark_warm(M, 8)  # bucket 1's compile is now avoidable (by padding to 8)
     add_all(s, [req("a")])
-    assert s.policy._single_class(s.queue, 0.0) is None
+    assert s.policy._one_tag(s.queue, 0.0) is None
     s = make("orloj", {"a": Q4})
     add_all(s, [req("a")])
-    assert s.policy._single_class(s.queue, 0.0) is not None
+    assert s.policy._one_tag(s.queue, 0.0) is not None
 
 
 @pytest.mark.parametrize("mode", ["always", "better", "never"])

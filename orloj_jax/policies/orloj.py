@@ -381,7 +381,7 @@ class Orloj(Policy):
         """`_select` with this drop threshold (no side effects on the queue)."""
         self._thr = threshold
         try:
-            decision = self._single_class(queue, now) if self.fast_single_class else None
+            decision = self._one_tag(queue, now) if self.fast_one_tag else None
             if decision is None:
                 decision = self._select(queue, now, defer=True)
             if decision is None:  # a deferred group found no batch after all: decide in order
@@ -390,68 +390,143 @@ class Orloj(Policy):
             self._thr = self.config.drop_threshold
         return decision
 
-    #: decide with `_single_class` when it applies (tests turn it off to compare)
-    fast_single_class = True
+    #: decide with `_one_tag` when it applies (tests turn it off to compare)
+    fast_one_tag = True
 
-    def _single_class(self, queue, now: float) -> Decision | None:
-        """The decision when one model has queued requests of one class, all of whose
-        batch buckets are warm (a single-model, single-tag deployment's common case), or
-        None where the general path (`_select`) is needed.
+    def _one_tag(self, queue, now: float) -> Decision | None:
+        """The decision when one model has queued requests of one tag, in any number of
+        shape buckets, every class measured and every bucket warm (a one-model, one-tag
+        deployment: MiniLM on text, the digits CNN), or None where the general path
+        (`_select`) is needed (several models or tags, a cold class or executable).
 
-        The same decision as `_select`: the same drops, the exhaustive search (batches
-        of the n most urgent survivors, n = 1 .. max batch), the same float32 CDF values
-        and skip-rider rounds, without building groups, plans and candidates (most of a
-        small queue's decision time: the SLOs of a tiny model are a few decision times).
-        Only the expected on-time sum may differ in the last bit (summed in order here).
+        The same decision as `_select`: each shape's group has one class, so its
+        candidates are the batches of its n most urgent survivors (`_single_search`);
+        then the padded groups (shapes <= S merged by deadline, costed at S); the first
+        group in that order with the highest score wins. Without groups, plans, layouts,
+        candidates or bounds: most of a small queue's decision time, which a tiny
+        model's SLO (a few decision times) or a GPU's few-ms batches feel. Only the
+        expected on-time sum may differ in the last bit (summed in order here).
         """
         models = queue.models()
         if len(models) != 1:
             return None
         model = models[0]
-        classes = queue.classes(model)
-        if len(classes) != 1:
-            return None
-        ((cid, lst),) = classes.items()
         lat = self.latency
-        if lat.is_cold(cid):
+        keys = lat.class_keys
+        tag = None
+        own_groups = []  # (shape, class, queued) in the order _select prepares them
+        for cid, lst in queue.classes(model).items():
+            t = keys[cid][1]
+            if lat.is_cold(cid) or (tag is not None and t != tag):
+                return None
+            tag = t
+            own_groups.append((keys[cid][2], cid, lst))
+        if not own_groups:
             return None
-        shape = lat.class_keys[cid][2]
-        spec, buckets, jmax, gb, gmin, comp, du, logF, has_comp = self._context(model, shape, [cid])
-        max_b = int(buckets[-1])
-        if has_comp or max_b > self.config.exhaustive_limit:
-            return None
-        ndrop = _count_below(lst, now + gmin * self._threshold_quantile(cid))
-        drops = [(r, Outcome.DROPPED, "deadline_unmeetable") for r in lst[:ndrop]]
-        survivors = lst[ndrop : ndrop + (self.MAX_SKIP_ROUNDS + 1) * jmax]
-        if not survivors:
+        spec = self.models[model]
+        found_ctx = {}
+        for shape, cid, _ in own_groups:
+            ctx = self._context(model, shape, [cid])
+            if ctx[8] or int(ctx[1][-1]) > self.config.exhaustive_limit:  # a compile cost; huge max batch
+                return None
+            found_ctx[shape] = ctx
+        window = (self.MAX_SKIP_ROUNDS + 1) * spec.max_batch
+        drops: list = []
+        survivors: dict[int, list[Request]] = {}  # per shape, as _select's (pre-skip windows)
+        best: list = [-math.inf, -1, None]  # score, order, decision (_Best's rule)
+        later = []  # groups that surely find a batch and may be pruned: (order, shape, cid, lists, mixed)
+        order = 0
+        for shape, cid, lst in own_groups:
+            ctx = found_ctx[shape]
+            ndrop = _count_below(lst, now + ctx[4] * self._threshold_quantile(cid))
+            if ndrop:
+                drops.extend((r, Outcome.DROPPED, "deadline_unmeetable") for r in lst[:ndrop])
+            surv = lst[ndrop : ndrop + window]
+            if not surv:
+                continue
+            survivors[shape] = surv
+            # as _has_chance: the head alone, at the smallest bucket, has F >= 1e-3
+            srt = lat.dists[cid].sorted()
+            if int(srt.searchsorted((surv[0].deadline_ms - now) / float(ctx[3][0]), "right")) / srt.size >= 1e-3:
+                later.append((order, shape, cid, surv, False))
+            else:
+                got = self._one_group(model, shape, cid, surv, now, ctx, mixed=False)
+                if got is None:  # no batch has any chance (possible only with drop_threshold 0)
+                    drops.extend((r, Outcome.DROPPED, "deadline_unmeetable") for r in surv)
+                    del survivors[shape]
+                else:
+                    _offer(best, got, order)
+            order += 1
+        if self.config.pad_shapes and len(own_groups) > 1:
+            for s_run in sorted(shape for shape, _, _ in own_groups)[1:]:
+                if not any(sb < s_run for sb in survivors):
+                    continue
+                cid = lat.find_class(model, tag, s_run)
+                if cid is None or lat.is_cold(cid):
+                    continue
+                later.append((order, s_run, cid, [lst for sb, lst in survivors.items() if sb <= s_run], True))
+                order += 1
+        if len(later) == 1 and best[2] is None:  # nothing to prune: search it
+            o, shape, cid, lists, mixed = later[0]
+            surv = list(heapq.merge(*lists, key=_deadline))[:window] if mixed else lists
+            got = self._one_group(model, shape, cid, surv, now, found_ctx[shape], mixed=mixed)
+            if got is not None:
+                _offer(best, got, o)
+        elif later:
+            # highest score bound first, each skipped when it cannot beat the best so far
+            # (as _select's deferred candidates: the same winner, ties to the first in order)
+            ranked = []
+            for item in later:
+                o, shape, cid, lists, mixed = item
+                _, buckets, _, gb, _, comp, du, logF, _ = found_ctx[shape]
+                total = min(sum(len(x) for x in lists) if mixed else len(lists), spec.max_batch)
+                bound = self._bound(model, shape, (cid,), logF, du, gb, comp, buckets, total)
+                ranked.append((-math.inf if bound is None else -bound, o, bound, item))
+            ranked.sort(key=lambda x: (x[0], x[1]))
+            for _, o, bound, (_, shape, cid, lists, mixed) in ranked:
+                if best[2] is not None and bound is not None and bound * _BOUND_MARGIN < best[0]:
+                    continue
+                surv = list(heapq.merge(*lists, key=_deadline))[:window] if mixed else lists
+                got = self._one_group(model, shape, cid, surv, now, found_ctx[shape], mixed=mixed)
+                if got is not None:
+                    _offer(best, got, o)
+        decision = best[2]
+        if decision is None:
             return Decision(drops=drops)
-        srt = lat.dists[cid].sorted()
-        if srt.size == 0:
-            return None
+        decision.drops = drops
+        return decision
+
+    def _one_group(self, model, shape, cid, surv, now, ctx, mixed: bool) -> tuple[float, Decision] | None:
+        """One single-class group of `_one_tag`: its best batch after the skip-rider rounds
+        (`_skip_riders`), as (score, decision), or None if no batch scores > 0."""
+        spec, buckets, jmax, gb, _, _, du, logF, _ = ctx
+        srt = self.latency.dists[cid].sorted()
+        max_b = int(buckets[-1])
         emax = self._emax_of(model, shape, (cid,), logF, du, count_vectors(1, max_b))
         own = spec.answers_at_exit
-        found = _single_search(survivors, now, jmax, max_b, srt, emax, gb, buckets, own)
-        if found is None:  # no batch has any chance (possible only with drop_threshold 0)
-            drops.extend((r, Outcome.DROPPED, "deadline_unmeetable") for r in survivors)
-            return Decision(drops=drops)
+        found = _single_search(surv, now, jmax, max_b, srt, emax, gb, buckets, own)
+        if found is None:
+            return None
         mode = self.config.skip_riders
         if mode != "never":
             thr = float(np.float32(self._thr))  # p holds float32 values
             for _ in range(self.MAX_SKIP_ROUNDS):
                 n, p = found[0], found[5]
-                s = 0
-                while s < n and p[s] < thr:
-                    s += 1
-                if not s:
+                k = 0
+                while k < n and p[k] < thr:
+                    k += 1
+                if not k:
                     break
-                rest = survivors[s:]
+                rest = surv[k:]
                 again = _single_search(rest, now, jmax, max_b, srt, emax, gb, buckets, own) if rest else None
                 if again is None or (mode == "better" and not again[1] > found[1]):
                     break
-                survivors, found = rest, again
+                surv, found = rest, again
         n, score, ontime, t, bi, _ = found
-        return Decision(model, survivors[:n], int(buckets[bi]), shape, drops=drops, predicted_ms=t,
-                        info={"score": score, "expected_on_time": ontime})
+        batch = surv[:n]
+        run_shape = max(r.shape_bucket for r in batch) if mixed else shape
+        return score, Decision(model, batch, int(buckets[bi]), run_shape, predicted_ms=t,
+                               info={"score": score, "expected_on_time": ontime})
 
     def _select(self, queue, now: float, defer: bool) -> Decision | None:
         """The best batch over every group of every model, and the drops.
@@ -971,6 +1046,14 @@ def _greedy(grp: _Group, max_b: int) -> np.ndarray:
         cur[improve] = new[improve]
         active = improve
     return states
+
+
+def _offer(best: list, got: tuple, order: int) -> None:
+    """`_Best.offer` on a [score, order, decision] list: a higher score wins, ties go to
+    the lower order."""
+    score, decision = got
+    if best[2] is None or score > best[0] or (score == best[0] and order < best[1]):
+        best[0], best[1], best[2] = score, order, decision
 
 
 def _single_search(survivors, now: float, jmax: int, max_b: int, srt: np.ndarray, emax: np.ndarray,
