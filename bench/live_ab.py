@@ -2,6 +2,7 @@
 
     python -m bench.live_ab --workload digits-ee --policies "orloj;orloj:skip_riders=always;static"
                             [--slo-k 1.5,3] [--reps 3] [--requests 10000] [--json OUT]
+    python -m bench.live_ab --profile bench/profiles/minilm-h200-s5.json ...   # an emulated device
 
 This VM's speed comes in phases: the same live configuration finished 0.39 in
 one process and 0.90 in another minutes later, and a single run of each
@@ -15,6 +16,9 @@ whose min and max have the same sign is one the phases did not make.
 Policies are separated by ';' and take config options after ':' joined by '+'
 (`orloj:drop_threshold=0.3+skip_riders=never`), as in `bench.engine_timeline`.
 Each run starts from the same offline-profiled latency model (`zoo_latency`).
+With `--profile`, the live engine runs on an emulated device that sleeps each
+batch's time from the profile (`ProfiledExecutor`: e.g. an H200's batch times,
+with this machine's decisions and engine), as `bench.engine_timeline --profile`.
 """
 
 from __future__ import annotations
@@ -36,26 +40,48 @@ class _NoOptions:
     policy_options: dict = {}
 
 
-def run_ab(workload: str, policies: list[str], ks: list[float], reps: int, n: int, load: float = 0.8,
-           seed: int = 0, arrival: str = "poisson", max_batch: int = 8, cache_dir=None, log=print) -> dict:
-    from .engine_mode import replay, setup_zoo, zoo_latency, zoo_trace
+def run_ab(workload: str | None, policies: list[str], ks: list[float], reps: int, n: int, load: float = 0.8,
+           seed: int = 0, arrival: str = "poisson", max_batch: int = 8, cache_dir=None, log=print,
+           profile: Path | None = None) -> dict:
+    from .engine_mode import replay
     from .engine_timeline import make_variant_policy
 
-    z = setup_zoo(workload, max_batch, cache_dir=cache_dir, seed=seed, progress=log)
-    arrivals, idx = zoo_trace(z, load=load, n=n, seed=seed, arrival=arrival)
-    name, tag = z.spec.name, z.tag
+    if profile is None:
+        from .engine_mode import setup_zoo, zoo_latency, zoo_trace
+
+        z = setup_zoo(workload, max_batch, cache_dir=cache_dir, seed=seed, progress=log)
+        arrivals, idx = zoo_trace(z, load=load, n=n, seed=seed, arrival=arrival)
+        spec, executor, base_ms = z.spec, z.executor, z.p99_ms
+
+        def latency():
+            return zoo_latency(z)
+
+        def build(i: int, now: float, slo: float) -> Request:
+            it = z.items[int(idx[i])]
+            return Request(spec.name, z.tag, now, now + slo, size=it.size, payload=it)
+    else:
+        from .profile_sim import ProfiledExecutor, ProfiledWorkload, load_profile
+
+        w = ProfiledWorkload(load_profile(profile), max_batch, seed=seed)
+        arrivals, idx = w.trace(load=load, n=n, seed=seed, arrival=arrival)
+        spec, executor, base_ms, latency = w.spec, ProfiledExecutor(w.device), w.p99_ms, w.latency_model
+        workload = f"{w.model} emulated from {profile}"
+
+        def build(i: int, now: float, slo: float) -> Request:
+            j = int(idx[i])
+            return Request(w.model, w.tag, now, now + slo, size=int(w.sizes[j]), payload=int(w.exits[j]),
+                           true_ms=float(w.solo[j]))
     finish: dict[tuple[str, float], list[float]] = {(p, k): [] for p in policies for k in ks}
     for rep in range(reps):
         order = policies if rep % 2 == 0 else policies[::-1]
         for k in ks:
-            slo = k * z.p99_ms
+            slo = k * base_ms
             for pol in order:
-                eng = Engine(Scheduler(make_variant_policy(pol, _NoOptions), [z.spec], zoo_latency(z),
-                                       SchedulerConfig(max_queue=1_000_000)), z.executor, owns_executor=False)
+                eng = Engine(Scheduler(make_variant_policy(pol, _NoOptions), [spec], latency(),
+                                       SchedulerConfig(max_queue=1_000_000)), executor, owns_executor=False)
                 eng.start()
                 try:
-                    reqs = replay(eng, arrivals, lambda i, now, s=slo: Request(
-                        name, tag, now, now + s, size=z.items[int(idx[i])].size, payload=z.items[int(idx[i])]))
+                    reqs = replay(eng, arrivals, lambda i, now, s=slo: build(i, now, s))
                 finally:
                     eng.shutdown(timeout=60)
                 finish[(pol, k)].append(sum(r.outcome is Outcome.ON_TIME for r in reqs) / len(reqs))
@@ -72,12 +98,14 @@ def run_ab(workload: str, policies: list[str], ks: list[float], reps: int, n: in
                          "diff_mean": round(float(d.mean()), 4), "diff_min": round(float(d.min()), 4),
                          "diff_max": round(float(d.max()), 4), "wins": int((d > 0).sum())})
     return {"workload": workload, "requests": n, "load": load, "reps": reps, "baseline": base,
-            "slo_base_ms": round(float(z.p99_ms), 4), "rows": rows}
+            "slo_base_ms": round(float(base_ms), 4), "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.live_ab", description=__doc__.splitlines()[0])
-    p.add_argument("--workload", default="digits-ee", choices=["minilm-text", "digits-ee", "digits-static"])
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--workload", choices=["minilm-text", "digits-ee", "digits-static"], help="a real model (default digits-ee)")
+    src.add_argument("--profile", type=Path, help="emulate the profiled device (ProfiledExecutor) instead")
     p.add_argument("--policies", default="orloj;static", help="';'-separated, the last is the baseline")
     p.add_argument("--slo-k", default="1.5,3")
     p.add_argument("--reps", type=int, default=3)
@@ -96,8 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--reps and --requests must be >= 1")
     ks = [float(x) for x in a.slo_k.split(",") if x.strip()]
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    res = run_ab(a.workload, policies, ks, a.reps, a.requests, a.load, a.seed, a.arrival, a.max_batch, a.cache_dir, log)
-    print(f"{a.workload}, {a.requests} requests at load {a.load}, {a.reps} interleaved repetitions; "
+    if a.profile is None and a.workload is None:
+        a.workload = "digits-ee"
+    res = run_ab(a.workload, policies, ks, a.reps, a.requests, a.load, a.seed, a.arrival, a.max_batch, a.cache_dir, log,
+                 profile=a.profile)
+    print(f"{res['workload']}, {a.requests} requests at load {a.load}, {a.reps} interleaved repetitions; "
           f"SLO = k x {res['slo_base_ms']} ms; differences are paired against {res['baseline']}")
     print("| k | policy | finish (mean ± sd) | runs | − baseline: mean | min | max | wins |")
     print("|---|---|---|---|---|---|---|---|")

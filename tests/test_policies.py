@@ -713,7 +713,7 @@ def test_registry_names_and_errors():
         make_policy("nope")
     with pytest.raises(
         ValueError,
-        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit', 'weigh_models', 'pad_shapes', 'fair_share', 'fair_halflife_ms', 'idle_threshold', 'skip_riders'\]",
+        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit', 'weigh_models', 'pad_shapes', 'fair_share', 'fair_halflife_ms', 'idle_threshold', 'skip_riders', 'one_tag_path'\]",
     ):
         make_policy("orloj", bogus=1)
     p = make_policy("static", config=StaticConfig(max_batch_size=4), max_queue_delay_us=5.0)
@@ -728,6 +728,7 @@ def test_registry_names_and_errors():
         "fair_halflife_ms": 10_000.0,
         "idle_threshold": 0.5,
         "skip_riders": "better",
+        "one_tag_path": True,
     }
 
 
@@ -917,10 +918,9 @@ def test_orloj_one_tag_path_decides_as_the_general_path_one_shape(early):
         if rng.random() < 0.7:
             lat.seed_scaling(M, {b: float(1.0 + rng.uniform(0.0, 0.3) * (b - 1)) for b in (1, 2, 4, 8)})
         lat.mark_all_warm(M)
-        pols = [make_policy("orloj", **opts) for _ in range(2)]
+        pols = [make_policy("orloj", **opts), make_policy("orloj", **opts, one_tag_path=False)]
         for p in pols:
             p.bind({M: spec}, lat)
-        pols[1].fast_one_tag = False
         q = Scheduler(make_policy("orloj"), [spec], lat).queue
         cid = lat.class_id(M, "a")
         for _ in range(int(rng.integers(1, 31))):
@@ -966,10 +966,9 @@ def test_orloj_one_tag_path_decides_as_the_general_path_many_shapes(early):
             lat.seed(M, "a", xs0 if same else xs, shape_bucket=sb)
             lat.seed_scaling(M, g0 if same else g, shape_bucket=sb)
         lat.mark_all_warm(M)
-        pols = [make_policy("orloj", **opts) for _ in range(2)]
+        pols = [make_policy("orloj", **opts), make_policy("orloj", **opts, one_tag_path=False)]
         for p in pols:
             p.bind({M: spec}, lat)
-        pols[1].fast_one_tag = False
         s = Scheduler(make_policy("orloj"), [spec], lat)
         use = shapes[: int(rng.integers(1, 5))]
         ties = rng.random() < 0.5  # whole-ms deadlines: equal deadlines and equal scores

@@ -209,3 +209,26 @@ def test_engine_timeline_records_every_decision_batch_and_request(tmp_path):
         assert sum(d[3] for d in raw["decisions"]) == r["dropped"]
     # orloj plans ahead: with the lead its decisions are asked at their batch's start
     assert rows[0]["lead_ms"] > 0 and rows[2]["lead_ms"] > 0
+
+
+def test_live_ab_on_an_emulated_profile(tmp_path):
+    """bench.live_ab --profile: every policy (options included) runs once per repetition
+    on the emulated device, each difference is paired with the baseline's run of that
+    repetition, and a lone policy (no baseline) is refused."""
+    from bench import live_ab
+
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(make_profile(80)))
+    out = tmp_path / "ab.json"
+    assert live_ab.main(["--profile", str(path), "--policies", "orloj;orloj:one_tag_path=false;static", "--slo-k", "3",
+                         "--reps", "2", "--requests", "100", "--max-batch", "4", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["baseline"] == "static" and res["reps"] == 2
+    rows = {r["policy"]: r for r in res["rows"]}
+    assert set(rows) == {"orloj", "orloj:one_tag_path=false", "static"}
+    for r in rows.values():
+        assert len(r["finish"]) == 2 and all(0.0 < x <= 1.0 for x in r["finish"])
+        diffs = [a - b for a, b in zip(r["finish"], rows["static"]["finish"], strict=True)]
+        assert r["diff_min"] == pytest.approx(min(diffs), abs=1e-4) and r["wins"] == sum(d > 0 for d in diffs)
+    with pytest.raises(SystemExit):
+        live_ab.main(["--profile", str(path), "--policies", "orloj"])  # needs a baseline

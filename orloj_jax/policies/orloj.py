@@ -78,6 +78,10 @@ class OrlojConfig:
     # them. Sum of finish rates over the 33 bench.decision_hash simulations: always
     # 20.012, better 20.103, never 19.763; no configuration loses more than 0.003.
     skip_riders: str = "better"
+    # Decide with the direct path (`Orloj._one_tag`) when one tag of one model is queued:
+    # the same decisions, cheaper (docs/design.md, orloj item 9). False: always the
+    # general path (to compare their costs).
+    one_tag_path: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.drop_threshold < 1.0:
@@ -381,7 +385,7 @@ class Orloj(Policy):
         """`_select` with this drop threshold (no side effects on the queue)."""
         self._thr = threshold
         try:
-            decision = self._one_tag(queue, now) if self.fast_one_tag else None
+            decision = self._one_tag(queue, now) if self.config.one_tag_path else None
             if decision is None:
                 decision = self._select(queue, now, defer=True)
             if decision is None:  # a deferred group found no batch after all: decide in order
@@ -389,9 +393,6 @@ class Orloj(Policy):
         finally:
             self._thr = self.config.drop_threshold
         return decision
-
-    #: decide with `_one_tag` when it applies (tests turn it off to compare)
-    fast_one_tag = True
 
     def _one_tag(self, queue, now: float) -> Decision | None:
         """The decision when one model has queued requests of one tag, in any number of
