@@ -56,6 +56,7 @@ if [[ ${QUICK:-0} == 1 ]]; then
     TL=(--requests 60 --max-batch 2 --runs 1 --isolate 5)
     TWO=(--requests 20 --max-batch 2 --slo-k 1.5)
     OVH=(--requests 40 --max-batch 2)
+    AB=(--requests 60 --max-batch 2 --reps 1)
 else
     PROF=(--reps 20 --inputs 300)
     SVE=(--requests 2000 --reps 10 --engine-runs 2 --max-batch 8)
@@ -63,6 +64,7 @@ else
     TL=(--requests 2000 --max-batch 8 --runs 2 --isolate 20)
     TWO=(--requests 2000 --max-batch 8 --slo-k 1.5,3)
     OVH=(--requests 2000 --max-batch 8)
+    AB=(--requests 2000 --max-batch 8 --reps 3)
 fi
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>/dev/null || echo "no nvidia-smi"
@@ -79,6 +81,10 @@ step sim-vs-engine 150 "$PY" -m bench.sim_vs_engine --workload minilm-text "${SV
 # issue 4's acceptance row: orloj against static and static-tuned (tuned live), the live engine
 step engine-mode 120 "$PY" -m bench.cli bench --mode engine --workload minilm-text --policies orloj,static,static-tuned \
     --slo-k 1,1.5 "${ENG[@]}" --json "$RES/engine-minilm-h200.json"
+# session 7: orloj with its direct decision path, with the general path, and static,
+# interleaved on one trace (paired differences; the emulated H200 gave +0.03-0.05 for the path)
+step live-ab 150 "$PY" -m bench.live_ab --workload minilm-text --policies "orloj;orloj:one_tag_path=false;static" \
+    --slo-k 1,1.5 --arrival bursty "${AB[@]}" --json "$RES/live_ab-minilm-h200.json"
 # where the live engine's time goes (decisions, gaps, learning, live vs isolated batches)
 step timeline 150 "$PY" -m bench.engine_timeline --workload minilm-text --variants default,pipeline "${TL[@]}" \
     --json "$RES/timeline-h200.json"
