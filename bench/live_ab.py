@@ -43,9 +43,6 @@ class _NoOptions:
 def run_ab(workload: str | None, policies: list[str], ks: list[float], reps: int, n: int, load: float = 0.8,
            seed: int = 0, arrival: str = "poisson", max_batch: int = 8, cache_dir=None, log=print,
            profile: Path | None = None) -> dict:
-    from .engine_mode import replay
-    from .engine_timeline import make_variant_policy
-
     if profile is None:
         from .engine_mode import setup_zoo, zoo_latency, zoo_trace
 
@@ -71,6 +68,31 @@ def run_ab(workload: str | None, policies: list[str], ks: list[float], reps: int
             j = int(idx[i])
             return Request(w.model, w.tag, now, now + slo, size=int(w.sizes[j]), payload=int(w.exits[j]),
                            true_ms=float(w.solo[j]))
+    try:
+        finish = _interleave(policies, ks, reps, spec, executor, latency, base_ms, arrivals, build, log)
+    finally:
+        executor.close()
+    base = policies[-1]
+    rows = []
+    for k in ks:
+        b = np.asarray(finish[(base, k)])
+        for p in policies:
+            v = np.asarray(finish[(p, k)])
+            d = v - b
+            rows.append({"policy": p, "slo_k": k, "finish": [round(float(x), 4) for x in v],
+                         "mean": round(float(v.mean()), 4), "sd": round(float(v.std()), 4),
+                         "diff_mean": round(float(d.mean()), 4), "diff_min": round(float(d.min()), 4),
+                         "diff_max": round(float(d.max()), 4), "wins": int((d > 0).sum())})
+    return {"workload": workload, "requests": n, "load": load, "reps": reps, "baseline": base,
+            "slo_base_ms": round(float(base_ms), 4), "rows": rows}
+
+
+def _interleave(policies, ks, reps, spec, executor, latency, base_ms, arrivals, build, log) -> dict:
+    """Every policy once per repetition and k, in forward order on even repetitions and
+    backward on odd ones: {(policy, k): [finish rate per repetition]}."""
+    from .engine_mode import replay
+    from .engine_timeline import make_variant_policy
+
     finish: dict[tuple[str, float], list[float]] = {(p, k): [] for p in policies for k in ks}
     for rep in range(reps):
         order = policies if rep % 2 == 0 else policies[::-1]
@@ -86,19 +108,7 @@ def run_ab(workload: str | None, policies: list[str], ks: list[float], reps: int
                     eng.shutdown(timeout=60)
                 finish[(pol, k)].append(sum(r.outcome is Outcome.ON_TIME for r in reqs) / len(reqs))
         log(f"[live_ab] rep {rep}: " + ", ".join(f"{p}@{k:g} {v[-1]:.3f}" for (p, k), v in finish.items()))
-    base = policies[-1]
-    rows = []
-    for k in ks:
-        b = np.asarray(finish[(base, k)])
-        for p in policies:
-            v = np.asarray(finish[(p, k)])
-            d = v - b
-            rows.append({"policy": p, "slo_k": k, "finish": [round(float(x), 4) for x in v],
-                         "mean": round(float(v.mean()), 4), "sd": round(float(v.std()), 4),
-                         "diff_mean": round(float(d.mean()), 4), "diff_min": round(float(d.min()), 4),
-                         "diff_max": round(float(d.max()), 4), "wins": int((d > 0).sum())})
-    return {"workload": workload, "requests": n, "load": load, "reps": reps, "baseline": base,
-            "slo_base_ms": round(float(base_ms), 4), "rows": rows}
+    return finish
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +132,21 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--policies needs at least two policies (the last is the baseline)")
     if a.reps < 1 or a.requests < 1:
         p.error("--reps and --requests must be >= 1")
-    ks = [float(x) for x in a.slo_k.split(",") if x.strip()]
+    if len(set(policies)) < len(policies):
+        p.error(f"--policies lists a policy twice: {a.policies}")
+    from .engine_timeline import make_variant_policy
+
+    for pol in policies:  # refuse a bad name or option now, not after the set-up
+        try:
+            make_variant_policy(pol, _NoOptions)
+        except (TypeError, ValueError) as e:
+            p.error(f"--policies: {pol}: {e}")
+    try:
+        ks = [float(x) for x in a.slo_k.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--slo-k: comma-separated numbers, got {a.slo_k!r}")
+    if not ks or min(ks) <= 0:
+        p.error("--slo-k: at least one k > 0")
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if a.profile is None and a.workload is None:
         a.workload = "digits-ee"

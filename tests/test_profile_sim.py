@@ -230,5 +230,11 @@ def test_live_ab_on_an_emulated_profile(tmp_path):
         assert len(r["finish"]) == 2 and all(0.0 < x <= 1.0 for x in r["finish"])
         diffs = [a - b for a, b in zip(r["finish"], rows["static"]["finish"], strict=True)]
         assert r["diff_min"] == pytest.approx(min(diffs), abs=1e-4) and r["wins"] == sum(d > 0 for d in diffs)
-    with pytest.raises(SystemExit):
-        live_ab.main(["--profile", str(path), "--policies", "orloj"])  # needs a baseline
+    for bad in (["--policies", "orloj"],  # needs a baseline
+                ["--policies", "orloj;orloj"],  # twice
+                ["--policies", "orloj:skip_riders=sometimes;static"],  # a bad option value
+                ["--policies", "nope;static"],  # an unknown policy
+                ["--slo-k", "x"], ["--slo-k", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            live_ab.main(["--profile", str(path), *bad])
+        assert exc.value.code == 2  # argparse's usage error, before any set-up

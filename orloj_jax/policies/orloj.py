@@ -403,10 +403,11 @@ class Orloj(Policy):
         The same decision as `_select`: each shape's group has one class, so its
         candidates are the batches of its n most urgent survivors (`_single_search`);
         then the padded groups (shapes <= S merged by deadline, costed at S); the first
-        group in that order with the highest score wins. Without groups, plans, layouts,
-        candidates or bounds: most of a small queue's decision time, which a tiny
-        model's SLO (a few decision times) or a GPU's few-ms batches feel. Only the
-        expected on-time sum may differ in the last bit (summed in order here).
+        group in that order with the highest score wins, and a group whose score bound
+        (`_bound`) cannot beat the best so far is not searched. Without `_Group`s,
+        plans, layouts or `_Candidate`s, which were most of a small queue's decision
+        time: a tiny model's SLO is a few decision times, and a GPU's batches a few ms.
+        Only the expected on-time sum may differ in the last bit (another summation).
         """
         models = queue.models()
         if len(models) != 1:
@@ -428,7 +429,8 @@ class Orloj(Policy):
         found_ctx = {}
         for shape, cid, _ in own_groups:
             ctx = self._context(model, shape, [cid])
-            if ctx[8] or int(ctx[1][-1]) > self.config.exhaustive_limit:  # a compile cost; huge max batch
+            buckets, has_comp = ctx[1], ctx[8]
+            if has_comp or int(buckets[-1]) > self.config.exhaustive_limit:  # a compile cost; greedy search
                 return None
             found_ctx[shape] = ctx
         window = (self.MAX_SKIP_ROUNDS + 1) * spec.max_batch
@@ -439,7 +441,8 @@ class Orloj(Policy):
         order = 0
         for shape, cid, lst in own_groups:
             ctx = found_ctx[shape]
-            ndrop = _count_below(lst, now + ctx[4] * self._threshold_quantile(cid))
+            gb, gmin = ctx[3], ctx[4]
+            ndrop = _count_below(lst, now + gmin * self._threshold_quantile(cid))
             if ndrop:
                 drops.extend((r, Outcome.DROPPED, "deadline_unmeetable") for r in lst[:ndrop])
             surv = lst[ndrop : ndrop + window]
@@ -448,7 +451,7 @@ class Orloj(Policy):
             survivors[shape] = surv
             # as _has_chance: the head alone, at the smallest bucket, has F >= 1e-3
             srt = lat.dists[cid].sorted()
-            if int(srt.searchsorted((surv[0].deadline_ms - now) / float(ctx[3][0]), "right")) / srt.size >= 1e-3:
+            if int(srt.searchsorted((surv[0].deadline_ms - now) / float(gb[0]), "right")) / srt.size >= 1e-3:
                 later.append((order, shape, cid, surv, False))
             else:
                 got = self._one_group(model, shape, cid, surv, now, ctx, mixed=False)
