@@ -1,6 +1,7 @@
 """Engine overhead: the live engine at saturation vs a bare loop over the same batches.
 
     python -m bench.engine_overhead [--model minilm] [--requests 400] [--policy orloj]
+    python -m bench.engine_overhead --profile bench/profiles/minilm-h200-s5.json --requests 2000   # emulated
 
 N requests are submitted at once with loose deadlines, so the engine runs
 saturated: it decides, runs and answers batches back to back. The batches it
@@ -19,13 +20,13 @@ import math
 import sys
 import time
 from concurrent.futures import wait
+from pathlib import Path
 
 import numpy as np
 
 from orloj_jax.engine import Engine
 from orloj_jax.gctune import serving_gc
 from orloj_jax.latency import LatencyModel
-from orloj_jax.policies import make_policy
 from orloj_jax.request import Request
 from orloj_jax.scheduler import Batch, ModelSpec, Scheduler
 
@@ -35,7 +36,7 @@ def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None
     from models import load_model
     from orloj_jax.jax_executor import JaxExecutor
 
-    from .engine_mode import BatchLog, _zoo_inputs
+    from .engine_mode import _zoo_inputs
 
     bbs = tuple(b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch)
     model = load_model(model_name, cache_dir=cache_dir, batch_buckets=bbs)
@@ -57,11 +58,38 @@ def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None
         for it in group:
             r = Request(model_name, "t", 0.0, math.inf, size=it.size, payload=it)
             lat.seed(model_name, "t", np.asarray(ex.run(Batch(model_name, [r], 1, sb, 0.0)).solo_ms), shape_bucket=sb)
+    t_engine, t_bare, batches = _compare(ex, spec, lat, policy, lambda now: [
+        Request(model_name, "t", now, now + 1e9, size=it.size, payload=it) for it in pick])
+    ex.close()
+    return {
+        "model": model_name,
+        "policy": policy,
+        "pipeline": ex.pipelines(model_name),
+        "compact": ex.compacts(model_name),
+        "requests": n,
+        "batches": len(batches),
+        "mean_batch": n / len(batches),
+        "engine_rps": n / t_engine,
+        "bare_rps": n / t_bare,
+        "ratio": t_bare / t_engine,
+    }
+
+
+def _compare(ex, spec: ModelSpec, lat: LatencyModel, policy: str, requests) -> tuple[float, float, list[Batch]]:
+    """(engine s, bare loop s, the batches) of the timed passes: `requests(now)` submitted
+    at once to an engine over `ex`, then the batches it formed run again bare. One
+    untimed pass of each comes first (first executions, allocator); both engine passes
+    learn into `lat`. `policy` may carry options (`orloj:one_tag_path=false`)."""
+    from .engine_mode import BatchLog
+    from .engine_timeline import make_variant_policy
+
+    class _NoOptions:
+        policy_options: dict = {}
+
     def engine_pass() -> tuple[float, list[Batch]]:
         rec = BatchLog(ex)
-        eng = Engine(Scheduler(make_policy(policy), [spec], lat), rec, owns_executor=False)
-        now = eng.now()
-        futs = [eng.submit(Request(model_name, "t", now, now + 1e9, size=it.size, payload=it)) for it in pick]
+        eng = Engine(Scheduler(make_variant_policy(policy, _NoOptions), [spec], lat), rec, owns_executor=False)
+        futs = [eng.submit(r) for r in requests(eng.now())]
         with serving_gc():  # the collector as `orloj serve` sets it
             t0 = time.perf_counter()
             eng.start()
@@ -83,24 +111,27 @@ def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None
                 ex.run(b)  # the same batch, the same warm executables, nothing else
             return time.perf_counter() - t0
 
-    # A first pass of each warms what compiling does not (first executions, allocator).
     _, first = engine_pass()
     bare_pass(first)
     t_engine, batches = engine_pass()
-    t_bare = bare_pass(batches)
-    ex.close()
-    return {
-        "model": model_name,
-        "policy": policy,
-        "pipeline": ex.pipelines(model_name),
-        "compact": ex.compacts(model_name),
-        "requests": n,
-        "batches": len(batches),
-        "mean_batch": n / len(batches),
-        "engine_rps": n / t_engine,
-        "bare_rps": n / t_bare,
-        "ratio": t_bare / t_engine,
-    }
+    return t_engine, bare_pass(batches), batches
+
+
+def measure_profile(path: Path, n: int, policy: str, max_batch: int, seed: int = 0) -> dict:
+    """`measure` on an emulated device (`ProfiledExecutor`: each batch sleeps its time from
+    the profile, e.g. an H200's), with this machine's engine and decisions: the bare loop
+    is the same sleeps, so the ratio is the engine's host overhead at that device's speed."""
+    from .profile_sim import ProfiledExecutor, ProfiledWorkload, load_profile
+
+    w = ProfiledWorkload(load_profile(path), max_batch, seed=seed)
+    ex = ProfiledExecutor(w.device)
+    idx = np.random.default_rng(seed).integers(0, len(w.sizes), size=n)
+    t_engine, t_bare, batches = _compare(ex, w.spec, w.latency_model(), policy, lambda now: [
+        Request(w.model, w.tag, now, now + 1e9, size=int(w.sizes[j]), payload=int(w.exits[j]), true_ms=float(w.solo[j]))
+        for j in idx])
+    return {"model": f"{w.model} ({path.name}, emulated)", "policy": policy, "pipeline": None, "compact": None,
+            "requests": n, "batches": len(batches), "mean_batch": n / len(batches), "engine_rps": n / t_engine,
+            "bare_rps": n / t_bare, "ratio": t_bare / t_engine}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,10 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pipeline", default="auto", choices=["auto", "off", "on", "both"],
                     help="on: JaxExecutor(pipeline=True, compact=False), each next stage dispatched before the "
                     "current one's exits are read; off: stage by stage; both: a row each; auto: the defaults")
+    ap.add_argument("--profile", type=Path, help="an emulated device instead of the real models: each batch sleeps "
+                    "its time from this profile (e.g. an H200's); --model and --pipeline do not apply")
     a = ap.parse_args(argv)
     pipes = {"auto": [None], "off": [False], "on": [True], "both": [False, True]}[a.pipeline]
     print("| model | policy | pipeline / compact | requests | batches | mean batch | engine req/s | bare loop req/s | engine / bare |")
     print("|---|---|---|---|---|---|---|---|---|")
+    if a.profile is not None:
+        for p in a.policy.split(","):
+            r = measure_profile(a.profile, a.requests, p, a.max_batch)
+            print(f"| {r['model']} | {p} | - | {r['requests']} | {r['batches']} | {r['mean_batch']:.2f} | {r['engine_rps']:.1f} | {r['bare_rps']:.1f} | {r['ratio']:.3f} |",
+                  flush=True)
+        return 0
     for m in a.model.split(","):
         for p in a.policy.split(","):
             for pipe in pipes:

@@ -238,3 +238,19 @@ def test_live_ab_on_an_emulated_profile(tmp_path):
         with pytest.raises(SystemExit) as exc:
             live_ab.main(["--profile", str(path), *bad])
         assert exc.value.code == 2  # argparse's usage error, before any set-up
+
+
+def test_engine_overhead_on_an_emulated_profile(tmp_path, capsys):
+    """bench.engine_overhead --profile: the engine at saturation against the same batches
+    slept bare; every request is served (batches sum to the requests) and the ratio is
+    the bare time over the engine's."""
+    from bench import engine_overhead
+
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(make_profile(80)))
+    r = engine_overhead.measure_profile(path, 60, "orloj:one_tag_path=false", 4)
+    assert r["requests"] == 60 and r["batches"] >= 15 and r["mean_batch"] == pytest.approx(60 / r["batches"])
+    assert r["ratio"] == pytest.approx(r["engine_rps"] / r["bare_rps"])
+    assert 0.0 < r["ratio"] <= 1.5
+    assert engine_overhead.main(["--profile", str(path), "--requests", "40", "--max-batch", "4", "--policy", "static"]) == 0
+    assert "emulated" in capsys.readouterr().out
