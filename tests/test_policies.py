@@ -894,6 +894,17 @@ def test_static_timeouts_from_its_expiry_heap_match_a_full_scan():
             s.on_done(out.batch, BatchResult(device_ms=1.0, solo_ms=np.ones(len(out.batch.requests))), now)
 
 
+def _assert_same_decision(fast, slow) -> None:
+    """The same batch, buckets, drops and predicted time; info equal (floats to 1e-12)."""
+    assert [r.id for r in fast.batch] == [r.id for r in slow.batch]
+    assert (fast.model, fast.batch_bucket, fast.shape_bucket) == (slow.model, slow.batch_bucket, slow.shape_bucket)
+    assert [(r.id, why) for r, _, why in fast.drops] == [(r.id, why) for r, _, why in slow.drops]
+    assert fast.predicted_ms == slow.predicted_ms
+    assert fast.info.keys() == slow.info.keys()
+    for key, val in slow.info.items():
+        assert fast.info[key] == pytest.approx(val, rel=1e-12, abs=0)
+
+
 @pytest.mark.parametrize("early", [False, True])
 def test_orloj_one_tag_path_decides_as_the_general_path_one_shape(early):
     """One warm class queued (one model, one tag, one shape): `Orloj._one_tag` decides
@@ -928,14 +939,7 @@ def test_orloj_one_tag_path_decides_as_the_general_path_one_shape(early):
             r.cls = cid
             q.add(r)
         used += pols[0]._one_tag(q, 0.0) is not None
-        fast, slow = pols[0].select(q, 0.0), pols[1].select(q, 0.0)
-        assert [r.id for r in fast.batch] == [r.id for r in slow.batch]
-        assert (fast.model, fast.batch_bucket, fast.shape_bucket) == (slow.model, slow.batch_bucket, slow.shape_bucket)
-        assert [(r.id, why) for r, _, why in fast.drops] == [(r.id, why) for r, _, why in slow.drops]
-        assert fast.predicted_ms == slow.predicted_ms
-        assert fast.info.keys() == slow.info.keys()
-        for key, val in slow.info.items():
-            assert fast.info[key] == pytest.approx(val, rel=1e-12, abs=0)
+        _assert_same_decision(pols[0].select(q, 0.0), pols[1].select(q, 0.0))
     assert used == 300
 
 
@@ -977,14 +981,7 @@ def test_orloj_one_tag_path_decides_as_the_general_path_many_shapes(early):
             dl = float(rng.integers(-2, 60)) if ties else float(rng.uniform(-2.0, 60.0))
             s.add(Request(M, "a", 0.0, dl, size=sb - int(rng.integers(0, 8))), 0.0)
         used += pols[0]._one_tag(s.queue, 0.0) is not None
-        fast, slow = pols[0].select(s.queue, 0.0), pols[1].select(s.queue, 0.0)
-        assert [r.id for r in fast.batch] == [r.id for r in slow.batch]
-        assert (fast.model, fast.batch_bucket, fast.shape_bucket) == (slow.model, slow.batch_bucket, slow.shape_bucket)
-        assert [(r.id, why) for r, _, why in fast.drops] == [(r.id, why) for r, _, why in slow.drops]
-        assert fast.predicted_ms == slow.predicted_ms
-        assert fast.info.keys() == slow.info.keys()
-        for key, val in slow.info.items():
-            assert fast.info[key] == pytest.approx(val, rel=1e-12, abs=0)
+        _assert_same_decision(pols[0].select(s.queue, 0.0), pols[1].select(s.queue, 0.0))
     assert used == 300
 
 
