@@ -945,41 +945,49 @@ def test_orloj_one_tag_path_decides_as_the_general_path_one_shape(early):
 
 @pytest.mark.parametrize("early", [False, True])
 def test_orloj_one_tag_path_decides_as_the_general_path_many_shapes(early):
-    """One tag over several shape buckets (MiniLM's case): `_one_tag` searches each
-    shape's group and each padded group directly. On 300 seeded random queues (1-40
-    requests over 1-4 shapes, half with whole-ms deadlines and some with every shape's
-    profile alike, so that deadlines and scores tie, thresholds, skip-rider modes, padding on and off) it
-    decides exactly what the general path does: same batch, buckets (shape included),
-    drops, predicted time and info (score to 1e-12)."""
+    """One tag per model over several shape buckets (MiniLM's case), one model or two
+    (MiniLM and the digits CNN on one device): `_one_tag` searches each shape's group
+    and each padded group directly. On 300 seeded random queues (1-40 requests over 1-4
+    shapes; half with whole-ms deadlines and some with every shape's profile alike, so
+    that deadlines and scores tie; thresholds, skip-rider modes, padding, model weights
+    and fair share (with random recent finish rates) on and off) it decides exactly
+    what the general path does: same model, batch, buckets (shape included), drops,
+    predicted time and info (score to 1e-12)."""
     rng = np.random.default_rng(13)
     shapes = (16, 32, 64, 128)
     used = 0
     for _ in range(300):
         opts = {"drop_threshold": float(rng.choice([0.0, 0.3, 0.7])),
                 "skip_riders": str(rng.choice(["always", "better", "never"])),
-                "pad_shapes": bool(rng.random() < 0.8)}
-        spec = ModelSpec(M, (1, 2, 4, 8), shapes, answers_at_exit=early)
+                "pad_shapes": bool(rng.random() < 0.8), "weigh_models": bool(rng.random() < 0.8),
+                "fair_share": bool(rng.random() < 0.8)}
+        models = (M,) if rng.random() < 0.5 else (M, "n")
+        specs = {m: ModelSpec(m, (1, 2, 4, 8), shapes, answers_at_exit=early) for m in models}
         lat = LatencyModel(LatencyConfig(grid_points=64))
-        same = rng.random() < 0.3  # every shape alike: groups of different shapes tie
-        xs0, g0 = rng.choice([2.0, 5.0, 8.0], size=40, p=[0.2, 0.7, 0.1]), {b: 1.0 + 0.1 * (b - 1) for b in (1, 2, 4, 8)}
-        for sb in shapes:
-            base = 5.0 * (1 + sb / 64)
-            xs = (rng.choice([0.5 * base, base, 1.6 * base], size=40, p=[0.2, 0.7, 0.1]) if rng.random() < 0.5
-                  else rng.lognormal(math.log(base), 0.3, 40))
-            g = {b: float(1.0 + rng.uniform(0.0, 0.2) * (b - 1)) for b in (1, 2, 4, 8)}
-            lat.seed(M, "a", xs0 if same else xs, shape_bucket=sb)
-            lat.seed_scaling(M, g0 if same else g, shape_bucket=sb)
-        lat.mark_all_warm(M)
+        for scale, m in enumerate(models, start=1):
+            same = rng.random() < 0.3  # every shape alike: groups of different shapes tie
+            xs0 = rng.choice([2.0, 5.0, 8.0], size=40, p=[0.2, 0.7, 0.1]) * scale
+            g0 = {b: 1.0 + 0.1 * (b - 1) for b in (1, 2, 4, 8)}
+            for sb in shapes:
+                base = 5.0 * scale * (1 + sb / 64)
+                xs = (rng.choice([0.5 * base, base, 1.6 * base], size=40, p=[0.2, 0.7, 0.1]) if rng.random() < 0.5
+                      else rng.lognormal(math.log(base), 0.3, 40))
+                g = {b: float(1.0 + rng.uniform(0.0, 0.2) * (b - 1)) for b in (1, 2, 4, 8)}
+                lat.seed(m, "a", xs0 if same else xs, shape_bucket=sb)
+                lat.seed_scaling(m, g0 if same else g, shape_bucket=sb)
+            lat.mark_all_warm(m)
         pols = [make_policy("orloj", **opts), make_policy("orloj", **opts, one_tag_path=False)]
+        share = {m: [float(rng.uniform(0, 50)), 50.0, 0.0] for m in models}  # recent on-time / offered
         for p in pols:
-            p.bind({M: spec}, lat)
-        s = Scheduler(make_policy("orloj"), [spec], lat)
+            p.bind(specs, lat)
+            p._share = {m: list(v) for m, v in share.items()}
+        s = Scheduler(make_policy("orloj"), list(specs.values()), lat)
         use = shapes[: int(rng.integers(1, 5))]
         ties = rng.random() < 0.5  # whole-ms deadlines: equal deadlines and equal scores
         for _ in range(int(rng.integers(1, 41))):
             sb = int(rng.choice(use))
             dl = float(rng.integers(-2, 60)) if ties else float(rng.uniform(-2.0, 60.0))
-            s.add(Request(M, "a", 0.0, dl, size=sb - int(rng.integers(0, 8))), 0.0)
+            s.add(Request(str(rng.choice(models)), "a", 0.0, dl, size=sb - int(rng.integers(0, 8))), 0.0)
         used += pols[0]._one_tag(s.queue, 0.0) is not None
         _assert_same_decision(pols[0].select(s.queue, 0.0), pols[1].select(s.queue, 0.0))
     assert used == 300

@@ -395,108 +395,126 @@ class Orloj(Policy):
         return decision
 
     def _one_tag(self, queue, now: float) -> Decision | None:
-        """The decision when one model has queued requests of one tag, in any number of
-        shape buckets, every class measured and every bucket warm (a one-model, one-tag
-        deployment: MiniLM on text, the digits CNN), or None where the general path
-        (`_select`) is needed (several models or tags, a cold class or executable).
+        """The decision when each model with queued requests has them in one tag (in any
+        number of shape buckets), every class measured and every bucket warm (a one-tag
+        deployment of one or several models: MiniLM on text, the digits CNN, both on
+        one device), or None where the general path (`_select`) is needed (a model
+        with several tags, a cold class or executable).
 
         The same decision as `_select`: each shape's group has one class, so its
         candidates are the batches of its n most urgent survivors (`_single_search`);
         then the padded groups (shapes <= S merged by deadline, costed at S); the first
-        group in that order with the highest score wins, and a group whose score bound
-        (`_bound`) cannot beat the best so far is not searched. Without `_Group`s,
-        plans, layouts or `_Candidate`s, which were most of a small queue's decision
-        time: a tiny model's SLO is a few decision times, and a GPU's batches a few ms.
-        Only the expected on-time sum may differ in the last bit (another summation).
+        group in that order with the highest (model-weighted) score wins, a group whose
+        score bound (`_bound`) cannot beat the best so far is not searched, and with
+        several models fair share picks among the models' own bests as `_select` does.
+        Without `_Group`s, plans, layouts or `_Candidate`s, which were most of a small
+        queue's decision time: a tiny model's SLO is a few decision times, and a GPU's
+        batches a few ms. Only the expected on-time sum may differ in the last bit
+        (another summation).
         """
         models = queue.models()
-        if len(models) != 1:
+        if not models:
             return None
-        model = models[0]
         lat = self.latency
         keys = lat.class_keys
-        tag = None
-        own_groups = []  # (shape, class, queued) in the order _select prepares them
-        for cid, lst in queue.classes(model).items():
-            t = keys[cid][1]
-            if lat.is_cold(cid) or (tag is not None and t != tag):
-                return None
-            tag = t
-            own_groups.append((keys[cid][2], cid, lst))
-        if not own_groups:
-            return None
-        spec = self.models[model]
-        found_ctx = {}
-        for shape, cid, _ in own_groups:
-            ctx = self._context(model, shape, [cid])
-            buckets, has_comp = ctx[1], ctx[8]
-            if has_comp or int(buckets[-1]) > self.config.exhaustive_limit:  # a compile cost; greedy search
-                return None
-            found_ctx[shape] = ctx
-        window = (self.MAX_SKIP_ROUNDS + 1) * spec.max_batch
+        limit = self.config.exhaustive_limit
+        plans = []  # per model: (model, tag, own groups, their contexts)
+        for model in models:
+            tag = None
+            own_groups = []  # (shape, class, queued) in the order _select prepares them
+            for cid, lst in queue.classes(model).items():
+                t = keys[cid][1]
+                if lat.is_cold(cid) or (tag is not None and t != tag):
+                    return None
+                tag = t
+                own_groups.append((keys[cid][2], cid, lst))
+            ctxs = {}
+            for shape, cid, _ in own_groups:
+                ctx = self._context(model, shape, [cid])
+                buckets, has_comp = ctx[1], ctx[8]
+                if has_comp or int(buckets[-1]) > limit:  # a compile cost; greedy search
+                    return None
+                ctxs[shape] = ctx
+            plans.append((model, tag, own_groups, ctxs))
+        ctx_of = {model: ctxs for model, _, _, ctxs in plans}
+        multi = len(models) > 1
+        fair = multi and self.config.fair_share
         drops: list = []
-        survivors: dict[int, list[Request]] = {}  # per shape, as _select's (pre-skip windows)
         best: list = [-math.inf, -1, None]  # score, order, decision (_Best's rule)
-        later = []  # groups that surely find a batch and may be pruned: (order, shape, cid, lists, mixed)
+        per_model: dict[str, list] = {}
+        later = []  # groups that surely find a batch, may be pruned: (order, model, weight, its best, shape, cid, lists, mixed)
         order = 0
-        for shape, cid, lst in own_groups:
-            ctx = found_ctx[shape]
-            gb, gmin = ctx[3], ctx[4]
-            ndrop = _count_below(lst, now + gmin * self._threshold_quantile(cid))
-            if ndrop:
-                drops.extend((r, Outcome.DROPPED, "deadline_unmeetable") for r in lst[:ndrop])
-            surv = lst[ndrop : ndrop + window]
-            if not surv:
-                continue
-            survivors[shape] = surv
-            # as _has_chance: the head alone, at the smallest bucket, has F >= 1e-3
-            srt = lat.dists[cid].sorted()
-            if int(srt.searchsorted((surv[0].deadline_ms - now) / float(gb[0]), "right")) / srt.size >= 1e-3:
-                later.append((order, shape, cid, surv, False))
-            else:
-                got = self._one_group(model, shape, cid, surv, now, ctx, mixed=False)
-                if got is None:  # no batch has any chance (possible only with drop_threshold 0)
-                    drops.extend((r, Outcome.DROPPED, "deadline_unmeetable") for r in surv)
-                    del survivors[shape]
+        for model, tag, own_groups, ctxs in plans:
+            # across models, on-time work (x the model's mean solo time), as in _select
+            weight = self._model_weight(model) if multi and self.config.weigh_models else 1.0
+            mbest = per_model[model] = [-math.inf, -1, None] if fair else best
+            window = (self.MAX_SKIP_ROUNDS + 1) * self.models[model].max_batch
+            survivors: dict[int, list[Request]] = {}  # per shape, as _select's (pre-skip windows)
+            for shape, cid, lst in own_groups:
+                ctx = ctxs[shape]
+                gb, gmin = ctx[3], ctx[4]
+                ndrop = _count_below(lst, now + gmin * self._threshold_quantile(cid))
+                if ndrop:
+                    drops.extend((r, Outcome.DROPPED, "deadline_unmeetable") for r in lst[:ndrop])
+                surv = lst[ndrop : ndrop + window]
+                if not surv:
+                    continue
+                survivors[shape] = surv
+                # as _has_chance: the head alone, at the smallest bucket, has F >= 1e-3
+                srt = lat.dists[cid].sorted()
+                if int(srt.searchsorted((surv[0].deadline_ms - now) / float(gb[0]), "right")) / srt.size >= 1e-3:
+                    later.append((order, model, weight, mbest, shape, cid, surv, False))
                 else:
-                    _offer(best, got, order)
-            order += 1
-        if self.config.pad_shapes and len(own_groups) > 1:
-            for s_run in sorted(shape for shape, _, _ in own_groups)[1:]:
-                if not any(sb < s_run for sb in survivors):
-                    continue
-                cid = lat.find_class(model, tag, s_run)
-                if cid is None or lat.is_cold(cid):
-                    continue
-                later.append((order, s_run, cid, [lst for sb, lst in survivors.items() if sb <= s_run], True))
+                    got = self._one_group(model, shape, cid, surv, now, ctx, mixed=False)
+                    if got is None:  # no batch has any chance (possible only with drop_threshold 0)
+                        drops.extend((r, Outcome.DROPPED, "deadline_unmeetable") for r in surv)
+                        del survivors[shape]
+                    else:
+                        _offer(mbest, weight * got[0], got[1], order)
                 order += 1
-        if len(later) == 1 and best[2] is None:  # nothing to prune: search it
-            o, shape, cid, lists, mixed = later[0]
-            surv = list(heapq.merge(*lists, key=_deadline))[:window] if mixed else lists
-            got = self._one_group(model, shape, cid, surv, now, found_ctx[shape], mixed=mixed)
-            if got is not None:
-                _offer(best, got, o)
-        elif later:
-            # highest score bound first, each skipped when it cannot beat the best so far
-            # (as _select's deferred candidates: the same winner, ties to the first in order)
-            ranked = []
+            if self.config.pad_shapes and len(own_groups) > 1:
+                for s_run in sorted(shape for shape, _, _ in own_groups)[1:]:
+                    if not any(sb < s_run for sb in survivors):
+                        continue
+                    cid = lat.find_class(model, tag, s_run)
+                    if cid is None or lat.is_cold(cid):
+                        continue
+                    inside = [lst for sb, lst in survivors.items() if sb <= s_run]
+                    later.append((order, model, weight, mbest, s_run, cid, inside, True))
+                    order += 1
+        ranked = []
+        if len(later) > 1 or (later and later[0][3][2] is not None):
+            # highest weighted score bound first, each skipped when it cannot beat its
+            # model's best so far (as _select's deferred candidates: the same winner,
+            # ties to the first in order)
             for item in later:
-                o, shape, cid, lists, mixed = item
-                _, buckets, _, gb, _, comp, du, logF, _ = found_ctx[shape]
-                total = min(sum(len(x) for x in lists) if mixed else len(lists), spec.max_batch)
+                o, model, weight, _, shape, cid, lists, mixed = item
+                _, buckets, _, gb, _, comp, du, logF, _ = ctx_of[model][shape]
+                total = min(sum(len(x) for x in lists) if mixed else len(lists), self.models[model].max_batch)
                 bound = self._bound(model, shape, (cid,), logF, du, gb, comp, buckets, total)
-                ranked.append((-math.inf if bound is None else -bound, o, bound, item))
+                ranked.append((-math.inf if bound is None else -weight * bound, o, bound, item))
             ranked.sort(key=lambda x: (x[0], x[1]))
-            for _, o, bound, (_, shape, cid, lists, mixed) in ranked:
-                if best[2] is not None and bound is not None and bound * _BOUND_MARGIN < best[0]:
-                    continue
-                surv = list(heapq.merge(*lists, key=_deadline))[:window] if mixed else lists
-                got = self._one_group(model, shape, cid, surv, now, found_ctx[shape], mixed=mixed)
-                if got is not None:
-                    _offer(best, got, o)
+        else:  # at most one, nothing to prune: search it
+            ranked = [(0.0, item[0], None, item) for item in later]
+        for _, _, bound, (o, model, weight, mbest, shape, cid, lists, mixed) in ranked:
+            if mbest[2] is not None and bound is not None and weight > 0 and bound * _BOUND_MARGIN < mbest[0] / weight:
+                continue
+            window = (self.MAX_SKIP_ROUNDS + 1) * self.models[model].max_batch
+            surv = list(heapq.merge(*lists, key=_deadline))[:window] if mixed else lists
+            got = self._one_group(model, shape, cid, surv, now, ctx_of[model][shape], mixed=mixed)
+            if got is not None:
+                _offer(mbest, weight * got[0], got[1], o)
+        if fair:
+            for mbest in per_model.values():
+                if mbest[2] is not None:
+                    _offer(best, mbest[0], mbest[2], mbest[1])
         decision = best[2]
         if decision is None:
             return Decision(drops=drops)
+        if fair:
+            own = {m: b[2] for m, b in per_model.items() if b[2] is not None}
+            if len(own) > 1:
+                decision = self._fair_override(own, decision, now) or decision
         decision.drops = drops
         return decision
 
@@ -1052,10 +1070,9 @@ def _greedy(grp: _Group, max_b: int) -> np.ndarray:
     return states
 
 
-def _offer(best: list, got: tuple, order: int) -> None:
+def _offer(best: list, score: float, decision: Decision, order: int) -> None:
     """`_Best.offer` on a [score, order, decision] list: a higher score wins, ties go to
     the lower order."""
-    score, decision = got
     if best[2] is None or score > best[0] or (score == best[0] and order < best[1]):
         best[0], best[1], best[2] = score, order, decision
 
