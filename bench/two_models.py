@@ -66,6 +66,10 @@ def engine_two_models(a, log=print) -> dict:
     from orloj_jax.stats import summarize
 
     from .engine_mode import BatchLog, replay, setup_zoo, zoo_latency, zoo_trace
+    from .engine_timeline import make_variant_policy
+
+    class _NoOptions:
+        policy_options: dict = {}
 
     cache = a.compile_cache_dir or tempfile.mkdtemp(prefix="orloj-two-models-")
     zs = []
@@ -99,7 +103,7 @@ def engine_two_models(a, log=print) -> dict:
                 for z in zs:
                     zoo_latency(z, lat=lat, executor=ex)
                 blog = BatchLog(ex)
-                eng = Engine(Scheduler(make_policy(pol), [z.spec for z in zs], lat), blog, owns_executor=False)
+                eng = Engine(Scheduler(make_variant_policy(pol, _NoOptions), [z.spec for z in zs], lat), blog, owns_executor=False)
                 eng.start()
 
                 def build(i: int, now: float, slos=slos) -> Request:
@@ -140,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                     "engine: minilm's requests, default 300")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--slo-k", default=None, help="default 1,1.5,3 (sim) or 1.5,3 (engine)")
-    ap.add_argument("--policies", default=None, help=f"default {','.join(POLICIES)} (sim) or orloj,static (engine)")
+    ap.add_argument("--policies", default=None, help=f"default {','.join(POLICIES)} (sim) or orloj,static (engine; "
+                    "with options there: orloj:one_tag_path=false)")
     ap.add_argument("--slo", choices=["shared", "own"], default="shared",
                     help="engine: SLO = k x the slower model's base for both (shared) or k x each one's own")
     ap.add_argument("--load-each", type=float, default=0.4, help="engine: each model's load (of its own capacity)")
