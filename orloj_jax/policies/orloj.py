@@ -418,7 +418,8 @@ class Orloj(Policy):
         lat = self.latency
         keys = lat.class_keys
         limit = self.config.exhaustive_limit
-        plans = []  # per model: (model, tag, own groups, their contexts)
+        plans = []  # per model: (model, tag, own groups)
+        ctx_of: dict[str, dict] = {}  # per model, per shape: its group's context (_context)
         for model in models:
             tag = None
             own_groups = []  # (shape, class, queued) in the order _select prepares them
@@ -428,15 +429,14 @@ class Orloj(Policy):
                     return None
                 tag = t
                 own_groups.append((keys[cid][2], cid, lst))
-            ctxs = {}
+            ctxs = ctx_of[model] = {}
             for shape, cid, _ in own_groups:
                 ctx = self._context(model, shape, [cid])
                 buckets, has_comp = ctx[1], ctx[8]
                 if has_comp or int(buckets[-1]) > limit:  # a compile cost; greedy search
                     return None
                 ctxs[shape] = ctx
-            plans.append((model, tag, own_groups, ctxs))
-        ctx_of = {model: ctxs for model, _, _, ctxs in plans}
+            plans.append((model, tag, own_groups))
         multi = len(models) > 1
         fair = multi and self.config.fair_share
         drops: list = []
@@ -444,7 +444,8 @@ class Orloj(Policy):
         per_model: dict[str, list] = {}
         later = []  # groups that surely find a batch, may be pruned: (order, model, weight, its best, shape, cid, lists, mixed)
         order = 0
-        for model, tag, own_groups, ctxs in plans:
+        for model, tag, own_groups in plans:
+            ctxs = ctx_of[model]
             # across models, on-time work (x the model's mean solo time), as in _select
             weight = self._model_weight(model) if multi and self.config.weigh_models else 1.0
             mbest = per_model[model] = [-math.inf, -1, None] if fair else best
