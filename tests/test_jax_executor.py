@@ -430,7 +430,7 @@ def test_live_ab_pairs_every_policy_on_one_trace(cache, tmp_path):
         assert len(r["finish"]) == 2 and all(0.0 <= x <= 1.0 for x in r["finish"])
     o, s = rows["orloj:skip_riders=never"], rows["static"]
     diffs = [a - b for a, b in zip(o["finish"], s["finish"], strict=True)]
-    assert o["diff_min"] == pytest.approx(min(diffs), abs=1e-4) and o["diff_max"] == pytest.approx(max(diffs), abs=1e-4)
+    assert o["diff_min"] == pytest.approx(min(diffs), abs=2e-4) and o["diff_max"] == pytest.approx(max(diffs), abs=2e-4)  # each rounded to 1e-4
     assert s["diff_mean"] == 0.0 and s["wins"] == 0
     out = tmp_path / "ab.json"
     assert live_ab.main(["--workload", DIG, "--policies", "orloj;static", "--slo-k", "4", "--reps", "1", "--requests", "40",

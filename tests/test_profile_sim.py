@@ -229,7 +229,8 @@ def test_live_ab_on_an_emulated_profile(tmp_path):
     for r in rows.values():
         assert len(r["finish"]) == 2 and all(0.0 < x <= 1.0 for x in r["finish"])
         diffs = [a - b for a, b in zip(r["finish"], rows["static"]["finish"], strict=True)]
-        assert r["diff_min"] == pytest.approx(min(diffs), abs=1e-4) and r["wins"] == sum(d > 0 for d in diffs)
+        assert r["diff_min"] == pytest.approx(min(diffs), abs=2e-4)  # each rounded to 1e-4
+        assert sum(d > 2e-4 for d in diffs) <= r["wins"] <= sum(d > -2e-4 for d in diffs)
     for bad in (["--policies", "orloj"],  # needs a baseline
                 ["--policies", "orloj;orloj"],  # twice
                 ["--policies", "orloj:skip_riders=sometimes;static"],  # a bad option value
