@@ -82,13 +82,9 @@ def _compare(ex, spec: ModelSpec, lat: LatencyModel, policy: str, requests) -> t
     learn into `lat`. `policy` may carry options (`orloj:one_tag_path=false`)."""
     from .engine_mode import BatchLog
     from .engine_timeline import make_variant_policy
-
-    class _NoOptions:
-        policy_options: dict = {}
-
     def engine_pass() -> tuple[float, list[Batch]]:
         rec = BatchLog(ex)
-        eng = Engine(Scheduler(make_variant_policy(policy, _NoOptions), [spec], lat), rec, owns_executor=False)
+        eng = Engine(Scheduler(make_variant_policy(policy), [spec], lat), rec, owns_executor=False)
         futs = [eng.submit(r) for r in requests(eng.now())]
         with serving_gc():  # the collector as `orloj serve` sets it
             t0 = time.perf_counter()

@@ -46,6 +46,8 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +55,7 @@ import numpy as np
 from orloj_jax.engine import Engine
 from orloj_jax.policies import make_policy
 from orloj_jax.request import Outcome, Request
-from orloj_jax.scheduler import Batch, Scheduler, SchedulerConfig
+from orloj_jax.scheduler import Batch, ModelSpec, Scheduler, SchedulerConfig
 
 from .cli import _write_json, add_comparison_args, comparison_spec
 from .engine_mode import TimedBatchLog, replay
@@ -71,18 +73,19 @@ VARIANTS = {
 }
 
 
-def make_variant_policy(name: str, spec):
+def make_variant_policy(name: str, spec=None):
     """A policy by name, optionally with config options: `orloj:drop_threshold=0.3`
     (several options joined by '+': `orloj:drop_threshold=0.3+skip_riders=never`; values
-    true / false / none, numbers, else strings)."""
+    true / false / none, numbers, else strings), on top of `spec.policy_options` (a
+    BenchSpec's; None: the policy's defaults)."""
     base, _, opts = name.partition(":")
-    if not opts:
+    if not opts and spec is not None:
         return _policy(base, spec, None)
     kw = {}
-    for item in opts.split("+"):
+    for item in filter(None, opts.split("+")):
         key, _, val = item.partition("=")
         kw[key.strip()] = _option_value(val.strip())
-    return make_policy(base, **{**spec.policy_options.get(base, {}), **kw})
+    return make_policy(base, **{**(spec.policy_options.get(base, {}) if spec is not None else {}), **kw})
 
 
 def _option_value(val: str):
@@ -93,6 +96,50 @@ def _option_value(val: str):
         return float(val)
     except ValueError:
         return val
+
+
+@dataclass
+class LiveSource:
+    """What a live run replays: a real model (`--workload`) or a profile's emulated device
+    (`--profile`), its trace and SLO base, and how to build request i with an SLO."""
+
+    where: str
+    spec: ModelSpec
+    executor: object
+    arrivals: np.ndarray
+    base_ms: float  # the SLO base: P99 of the solo estimates
+    latency: Callable[[], object]  # a fresh latency model seeded with the offline profile
+    build: Callable[[int, float, float], Request]  # (i, now, slo ms) -> request i
+
+
+def live_source(workload: str | None, profile: Path | None, *, n: int, load: float, seed: int, arrival: str,
+                max_batch: int, cache_dir=None, log=print) -> LiveSource:
+    """Set up `workload` on the JAX executor (`setup_zoo`) or emulate `profile`
+    (`ProfiledExecutor`), and draw its trace: n arrivals at `load`."""
+    if profile is None:
+        from .engine_mode import setup_zoo, zoo_latency, zoo_trace
+
+        z = setup_zoo(workload, max_batch, cache_dir=cache_dir, seed=seed, progress=log)
+        arrivals, idx = zoo_trace(z, load=load, n=n, seed=seed, arrival=arrival)
+
+        def build(i: int, now: float, slo: float) -> Request:
+            it = z.items[int(idx[i])]
+            return Request(z.spec.name, z.tag, now, now + slo, size=it.size, payload=it)
+
+        return LiveSource(f"{workload} on {z.executor.__class__.__name__}", z.spec, z.executor, arrivals, z.p99_ms,
+                          lambda: zoo_latency(z), build)
+    from .profile_sim import ProfiledExecutor, ProfiledWorkload, load_profile
+
+    w = ProfiledWorkload(load_profile(profile), max_batch, seed=seed)
+    arrivals, idx = w.trace(load=load, n=n, seed=seed, arrival=arrival)
+
+    def build(i: int, now: float, slo: float) -> Request:
+        j = int(idx[i])
+        return Request(w.model, w.tag, now, now + slo, size=int(w.sizes[j]), payload=int(w.exits[j]),
+                       true_ms=float(w.solo[j]))
+
+    return LiveSource(f"{w.model} emulated from {profile}", w.spec, ProfiledExecutor(w.device), arrivals, w.p99_ms,
+                      w.latency_model, build)
 
 
 def _ms() -> float:
@@ -265,34 +312,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     rng = np.random.default_rng(a.seed)
-    if a.workload:
-        from .engine_mode import setup_zoo, zoo_latency, zoo_trace
-
-        z = setup_zoo(a.workload, a.max_batch, cache_dir=a.cache_dir, seed=a.seed, progress=log)
-        arrivals, idx = zoo_trace(z, load=spec.load, n=spec.n_requests, seed=spec.seed, arrival=spec.arrival)
-        base_ms, name, tag, executor = z.p99_ms, z.spec.name, z.tag, z.executor
-        model_spec = z.spec
-
-        def latency():
-            return zoo_latency(z)
-
-        def build(i: int, now: float, slo: float) -> Request:
-            it = z.items[int(idx[i])]
-            return Request(name, tag, now, now + slo, size=it.size, payload=it)
-        where = f"{a.workload} on {z.executor.__class__.__name__}"
-    else:
-        from .profile_sim import ProfiledExecutor, ProfiledWorkload, load_profile
-
-        w = ProfiledWorkload(load_profile(a.profile), a.max_batch, seed=a.seed)
-        arrivals, idx = w.trace(load=a.load, n=a.requests, seed=a.seed, arrival=a.arrival)
-        base_ms, executor, model_spec = w.p99_ms, ProfiledExecutor(w.device), w.spec
-        latency = w.latency_model
-
-        def build(i: int, now: float, slo: float) -> Request:
-            j = int(idx[i])
-            return Request(w.model, w.tag, now, now + slo, size=int(w.sizes[j]), payload=int(w.exits[j]),
-                           true_ms=float(w.solo[j]))
-        where = f"{w.model} emulated from {a.profile}"
+    src = live_source(a.workload, a.profile, n=spec.n_requests, load=spec.load, seed=spec.seed,
+                      arrival=spec.arrival, max_batch=a.max_batch, cache_dir=a.cache_dir, log=log)
+    where, arrivals, base_ms, executor = src.where, src.arrivals, src.base_ms, src.executor
+    model_spec, latency, build = src.spec, src.latency, src.build
     log(f"[timeline] {where}: solo p99 {base_ms:.2f} ms, {a.requests} requests at load {a.load}")
     rows = []
     switch0 = sys.getswitchinterval()

@@ -30,48 +30,23 @@ from pathlib import Path
 import numpy as np
 
 from orloj_jax.engine import Engine
-from orloj_jax.request import Outcome, Request
+from orloj_jax.request import Outcome
 from orloj_jax.scheduler import Scheduler, SchedulerConfig
 
 from .cli import _write_json
 
 
-class _NoOptions:
-    policy_options: dict = {}
-
-
 def run_ab(workload: str | None, policies: list[str], ks: list[float], reps: int, n: int, load: float = 0.8,
            seed: int = 0, arrival: str = "poisson", max_batch: int = 8, cache_dir=None, log=print,
            profile: Path | None = None) -> dict:
-    if profile is None:
-        from .engine_mode import setup_zoo, zoo_latency, zoo_trace
+    from .engine_timeline import live_source
 
-        z = setup_zoo(workload, max_batch, cache_dir=cache_dir, seed=seed, progress=log)
-        arrivals, idx = zoo_trace(z, load=load, n=n, seed=seed, arrival=arrival)
-        spec, executor, base_ms = z.spec, z.executor, z.p99_ms
-
-        def latency():
-            return zoo_latency(z)
-
-        def build(i: int, now: float, slo: float) -> Request:
-            it = z.items[int(idx[i])]
-            return Request(spec.name, z.tag, now, now + slo, size=it.size, payload=it)
-    else:
-        from .profile_sim import ProfiledExecutor, ProfiledWorkload, load_profile
-
-        w = ProfiledWorkload(load_profile(profile), max_batch, seed=seed)
-        arrivals, idx = w.trace(load=load, n=n, seed=seed, arrival=arrival)
-        spec, executor, base_ms, latency = w.spec, ProfiledExecutor(w.device), w.p99_ms, w.latency_model
-        workload = f"{w.model} emulated from {profile}"
-
-        def build(i: int, now: float, slo: float) -> Request:
-            j = int(idx[i])
-            return Request(w.model, w.tag, now, now + slo, size=int(w.sizes[j]), payload=int(w.exits[j]),
-                           true_ms=float(w.solo[j]))
+    src = live_source(workload, profile, n=n, load=load, seed=seed, arrival=arrival, max_batch=max_batch,
+                      cache_dir=cache_dir, log=log)
     try:
-        finish = _interleave(policies, ks, reps, spec, executor, latency, base_ms, arrivals, build, log)
+        finish = _interleave(policies, ks, reps, src, log)
     finally:
-        executor.close()
+        src.executor.close()
     base = policies[-1]
     rows = []
     for k in ks:
@@ -83,13 +58,14 @@ def run_ab(workload: str | None, policies: list[str], ks: list[float], reps: int
                          "mean": round(float(v.mean()), 4), "sd": round(float(v.std()), 4),
                          "diff_mean": round(float(d.mean()), 4), "diff_min": round(float(d.min()), 4),
                          "diff_max": round(float(d.max()), 4), "wins": int((d > 0).sum())})
-    return {"workload": workload, "requests": n, "load": load, "reps": reps, "baseline": base,
-            "slo_base_ms": round(float(base_ms), 4), "rows": rows}
+    return {"workload": workload if profile is None else src.where, "requests": n, "load": load, "reps": reps,
+            "baseline": base, "slo_base_ms": round(float(src.base_ms), 4), "rows": rows}
 
 
-def _interleave(policies, ks, reps, spec, executor, latency, base_ms, arrivals, build, log) -> dict:
-    """Every policy once per repetition and k, in forward order on even repetitions and
-    backward on odd ones: {(policy, k): [finish rate per repetition]}."""
+def _interleave(policies, ks, reps, src, log) -> dict:
+    """Every policy once per repetition and k on `src` (`engine_timeline.LiveSource`), in
+    forward order on even repetitions and backward on odd ones:
+    {(policy, k): [finish rate per repetition]}."""
     from .engine_mode import replay
     from .engine_timeline import make_variant_policy
 
@@ -97,13 +73,13 @@ def _interleave(policies, ks, reps, spec, executor, latency, base_ms, arrivals, 
     for rep in range(reps):
         order = policies if rep % 2 == 0 else policies[::-1]
         for k in ks:
-            slo = k * base_ms
+            slo = k * src.base_ms
             for pol in order:
-                eng = Engine(Scheduler(make_variant_policy(pol, _NoOptions), [spec], latency(),
-                                       SchedulerConfig(max_queue=1_000_000)), executor, owns_executor=False)
+                eng = Engine(Scheduler(make_variant_policy(pol), [src.spec], src.latency(),
+                                       SchedulerConfig(max_queue=1_000_000)), src.executor, owns_executor=False)
                 eng.start()
                 try:
-                    reqs = replay(eng, arrivals, lambda i, now, s=slo: build(i, now, s))
+                    reqs = replay(eng, src.arrivals, lambda i, now, s=slo: src.build(i, now, s))
                 finally:
                     eng.shutdown(timeout=60)
                 finish[(pol, k)].append(sum(r.outcome is Outcome.ON_TIME for r in reqs) / len(reqs))
@@ -138,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for pol in policies:  # refuse a bad name or option now, not after the set-up
         try:
-            make_variant_policy(pol, _NoOptions)
+            make_variant_policy(pol)
         except (TypeError, ValueError) as e:
             p.error(f"--policies: {pol}: {e}")
     try:

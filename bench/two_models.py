@@ -67,10 +67,6 @@ def engine_two_models(a, log=print) -> dict:
 
     from .engine_mode import BatchLog, replay, setup_zoo, zoo_latency, zoo_trace
     from .engine_timeline import make_variant_policy
-
-    class _NoOptions:
-        policy_options: dict = {}
-
     cache = a.compile_cache_dir or tempfile.mkdtemp(prefix="orloj-two-models-")
     zs = []
     for w in ENGINE_PAIR:
@@ -103,7 +99,7 @@ def engine_two_models(a, log=print) -> dict:
                 for z in zs:
                     zoo_latency(z, lat=lat, executor=ex)
                 blog = BatchLog(ex)
-                eng = Engine(Scheduler(make_variant_policy(pol, _NoOptions), [z.spec for z in zs], lat), blog, owns_executor=False)
+                eng = Engine(Scheduler(make_variant_policy(pol), [z.spec for z in zs], lat), blog, owns_executor=False)
                 eng.start()
 
                 def build(i: int, now: float, slos=slos) -> Request:

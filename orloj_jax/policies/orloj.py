@@ -461,9 +461,8 @@ class Orloj(Policy):
                 if not surv:
                     continue
                 survivors[shape] = surv
-                # as _has_chance: the head alone, at the smallest bucket, has F >= 1e-3
-                srt = lat.dists[cid].sorted()
-                if int(srt.searchsorted((surv[0].deadline_ms - now) / float(gb[0]), "right")) / srt.size >= 1e-3:
+                # as _has_chance (warm: no compile cost; buckets start at 1)
+                if _alone_has_chance(lat.dists[cid].sorted(), surv[0].deadline_ms - now, float(gb[0])):
                     later.append((order, model, weight, mbest, shape, cid, surv, False))
                 else:
                     got = self._one_group(model, shape, cid, surv, now, ctx, mixed=False)
@@ -870,11 +869,10 @@ class Orloj(Policy):
         heads = grp.slack[:, 0].tolist() if grp.slack.shape[1] else []
         for c, d in enumerate(grp.dists):
             if grp.lens[c] >= 1:
-                # d.cdf(x), as it computes it: searchsorted(sorted window, x, "right") / n
                 srt = d.sorted()
                 if srt.size == 0:
                     d.cdf(0.0)  # raises, as before, for an empty distribution
-                if int(srt.searchsorted((heads[c] - c0) / g0, "right")) / srt.size >= 1e-3:
+                if _alone_has_chance(srt, heads[c] - c0, g0):
                     return True
         return False
 
@@ -1069,6 +1067,14 @@ def _greedy(grp: _Group, max_b: int) -> np.ndarray:
         cur[improve] = new[improve]
         active = improve
     return states
+
+
+def _alone_has_chance(srt: np.ndarray, slack: float, g: float) -> bool:
+    """Whether a request with this slack (its compile cost taken off), run alone at a
+    bucket of scaling g, has F(slack / g) >= 1e-3 on the class's sorted window (as
+    `EmpiricalDist.cdf` computes it): its P(on time), and a batch's score, are > 0 even
+    in float32."""
+    return int(srt.searchsorted(slack / g, "right")) / srt.size >= 1e-3
 
 
 def _offer(best: list, score: float, decision: Decision, order: int) -> None:
