@@ -338,17 +338,19 @@ class ProfiledWorkload:
         return self._padded[key]
 
     def simulate(self, arrivals: np.ndarray, idx: np.ndarray, slo_ms: float, policy, learn_late: bool | None = None,
-                 gap_ms: float = 0.0) -> dict:
+                 gap_ms: float = 0.0, device=None) -> dict:
         """Requests arriving at `arrivals`, request i being sampled input idx[i]."""
         return self.simulate_inputs(arrivals, self.sizes[idx], self.exits[idx], slo_ms, policy, learn_late=learn_late,
-                                    gap_ms=gap_ms)
+                                    gap_ms=gap_ms, device=device)
 
     def simulate_inputs(self, arrivals, sizes, exits, slo_ms: float, policy,
-                        latency: LatencyModel | None = None, learn_late: bool | None = None, gap_ms: float = 0.0) -> dict:
+                        latency: LatencyModel | None = None, learn_late: bool | None = None, gap_ms: float = 0.0,
+                        device=None) -> dict:
         """Any inputs (size, exit stage) at any arrival times, on the profiled device.
 
         `latency` replaces the offline profile this workload would seed (e.g. the one a
-        live engine was given, to replay its exact run)."""
+        live engine was given, to replay its exact run); `device` runs the batches instead
+        of the profiled device (e.g. `bench.noisy_device.NoisyDevice` around it)."""
         from orloj_jax.stats import summarize
 
         shapes = [self.spec.shape_bucket(int(z)) for z in sizes]
@@ -357,7 +359,7 @@ class ProfiledWorkload:
                 for a, z, e, sb in zip(arrivals, sizes, exits, shapes, strict=True)]
         lat = latency if latency is not None else self.latency_model()
         sched = Scheduler(policy, [self.spec], lat, SchedulerConfig(max_queue=1_000_000, learn_late=learn_late))
-        res = run_schedule(sched, reqs, self.device, gap_ms=gap_ms)
+        res = run_schedule(sched, reqs, self.device if device is None else device, gap_ms=gap_ms)
         row = summarize(res.requests, res.batch_sizes, float(arrivals[-1] - arrivals[0]))
         done = [r.exit_index for r in res.requests if r.exit_index is not None]
         row["exits"] = np.bincount(done or [0]).tolist()

@@ -62,6 +62,13 @@ class LatencyConfig:
 #: profile's copies as the window (`LatencyConfig.g_window`, 256) fills.
 PROFILE_G_WEIGHT = 8
 
+#: batch-time noise (`_Scaling.noise`): a spread this small is none (a deterministic
+#: device, e.g. the simulator's, whose ratios differ from their mean only by round-off)
+NOISE_TOL = 1e-9
+#: the noise quantiles are kept until one moves by more than this (relative), so that the
+#: classes' noisy windows (`LatencyModel.p_sorted`) are not rebuilt at every refresh of g
+NOISE_MOVE = 0.02
+
 
 class _ModelGrid:
     """Per-model linear grid u_k = k * du and one log-CDF row per class."""
@@ -80,7 +87,7 @@ class _ModelGrid:
 class _Scaling:
     """g(b) for one (model, shape bucket): mean measured ratio per batch bucket."""
 
-    __slots__ = ("_at", "_means", "_since", "_size", "_stale", "_vec", "prior_slope", "ratios", "sums")
+    __slots__ = ("_added", "_at", "_means", "_noise", "_since", "_size", "_stale", "_vec", "prior_slope", "ratios", "sums")
 
     def __init__(self, prior_slope: float):
         self.prior_slope = prior_slope
@@ -94,6 +101,8 @@ class _Scaling:
         self._size = 0  # len(vec) the last refresh was for
         self._means: dict[int, float] = {}
         self._at: dict[tuple, np.ndarray] = {}
+        self._added = 0  # ratios added, ever
+        self._noise: dict[int, tuple[int, np.ndarray | None]] = {}  # quantiles -> (_added then, eps)
 
     def add(self, b: int, ratio: float, maxlen: int) -> None:
         q = self.ratios.get(b)
@@ -104,6 +113,7 @@ class _Scaling:
             self.sums[b] -= q[0]
         q.append(ratio)
         self.sums[b] += ratio
+        self._added += 1
         # Like the CDF tables, g is refreshed lazily: once a bucket's mean has taken in
         # ~3% new ratios (every ratio while it has fewer than 32), not after every batch.
         since = self._since[b] = self._since.get(b, 0) + 1
@@ -150,6 +160,34 @@ class _Scaling:
             self._since.clear()
             self._stale = False
 
+    def noise(self, quantiles: int) -> np.ndarray | None:
+        """The batch-time noise: `quantiles` evenly spaced quantiles (at (i + 1/2) / quantiles)
+        of every measured ratio over its bucket's current mean (g), pooled over the buckets;
+        None when the ratios have no spread (a deterministic device: every ratio is its
+        mean). Recomputed, like the CDF tables, once ~3% new ratios came in (every ratio
+        while there are fewer than 32), and the same array object is returned until a
+        quantile moves by more than NOISE_MOVE (so that what is cached on it lasts)."""
+        hit = self._noise.get(quantiles)
+        pooled_n = sum(len(q) for q in self.ratios.values())
+        if hit is not None and self._added - hit[0] < max(1, pooled_n >> 5):
+            return hit[1]
+        res = [np.asarray(q, dtype=np.float64) * (len(q) / self.sums[b]) for b, q in self.ratios.items()
+               if self.sums[b] > 0]
+        eps = None
+        if res:
+            pooled = np.concatenate(res)
+            eps = np.quantile(pooled, (np.arange(quantiles) + 0.5) / quantiles)
+            if float(eps[-1] - eps[0]) <= NOISE_TOL:
+                eps = None
+        old = None if hit is None else hit[1]
+        if eps is not None and old is not None and len(old) == len(eps) and \
+                float(np.max(np.abs(eps / old - 1.0))) <= NOISE_MOVE:
+            eps = old
+        elif eps is not None:
+            eps.flags.writeable = False
+        self._noise[quantiles] = (self._added, eps)
+        return eps
+
     def vec(self, max_b: int) -> np.ndarray:
         """g as an array indexed by batch size 0..max_b (index 0 unused)."""
         self._refresh(max_b)
@@ -185,6 +223,9 @@ class LatencyModel:
         self.warm_version = 0  # bumped whenever the warm set or a compile estimate changes
         self._avoidable: dict[tuple, tuple[int, np.ndarray]] = {}
         self._compile: dict[str, EmpiricalDist] = {}
+        # (class, quantiles) -> (sorted window, noise, noisy sorted window): `p_sorted`
+        self._psorted: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._p_quantiles: set[int] = set()  # the quantile counts asked for (`refresh`)
 
     # -- classes ---------------------------------------------------------
     def class_id(self, model: str, tag: str, shape_bucket: int = 0) -> int:
@@ -314,6 +355,41 @@ class LatencyModel:
         array object is returned until g is refreshed: treat it as read-only."""
         return self._scale(model, shape_bucket).at(buckets, max_b)
 
+    def noise(self, model: str, shape_bucket: int, quantiles: int) -> np.ndarray | None:
+        """Quantiles of (model, shape)'s batch-time noise, each batch's `batch_ms / max solo`
+        over g(its bucket) (`_Scaling.noise`); None if there is none."""
+        return self._scale(model, shape_bucket).noise(quantiles)
+
+    def p_sorted(self, cid: int, quantiles: int) -> np.ndarray:
+        """The class's sorted window for judging P(on time) with the batch-time noise.
+
+        A batch's time is g(B) x noise x max of its members' solo times, where the noise
+        is common to the batch (the device's phase, a stall, the host): batch_ms over
+        g x max solo, measured per batch. Its CDF at t is then E_noise[F(t / (g noise))]
+        for a member answered at its own exit. With `quantiles` quantiles e_1..e_Q of the
+        noise this is exactly the empirical CDF of the Q x n products s_i x e_q of the
+        class's samples s_i, which this returns, sorted; `EmpiricalDist.sorted()` itself
+        when `quantiles` is 0 or the ratios have no spread. Rebuilt when the window is
+        merged or the noise moves (`NOISE_MOVE`); the same array object until then."""
+        d = self.dists[cid]
+        s = d.sorted()
+        if quantiles <= 0:
+            return s
+        model, _, sb = self.class_keys[cid]
+        self._p_quantiles.add(quantiles)
+        eps = self._scale(model, sb).noise(quantiles)
+        if eps is None or not s.size:
+            return s
+        key = (cid, quantiles)
+        hit = self._psorted.get(key)
+        if hit is not None and hit[0] is s and hit[1] is eps:
+            return hit[2]
+        # Q sorted runs (eps > 0): a stable sort merges them in O(n log Q)
+        arr = np.sort((eps[:, None] * s[None, :]).ravel(), kind="stable")
+        arr.flags.writeable = False
+        self._psorted[key] = (s, eps, arr)
+        return arr
+
     def table(self, model: str, cids: list[int], float32: bool = False) -> tuple[float, np.ndarray]:
         """(du, logF[len(cids), K]) of the given classes of `model` on its grid.
 
@@ -345,6 +421,9 @@ class LatencyModel:
         for cid in cids:
             self.dists[cid].sorted()
         self.g_at(model, buckets, max_b, shape_bucket)
+        for q in self._p_quantiles:
+            for cid in cids:
+                self.p_sorted(cid, q)
 
     def _fresh_rows(self, grid: _ModelGrid, cids) -> None:
         """Recompute the rows of `cids` whose windows changed by ~3% since their last refresh."""

@@ -245,3 +245,72 @@ def test_grids_are_per_model():
 def test_latency_config_validation(kw):
     with pytest.raises(ValueError):
         LatencyConfig(**kw)
+
+
+# -- batch-time noise (session 8) -------------------------------------------------------
+
+
+def test_noise_is_none_for_a_deterministic_device():
+    """Ratios that equal their bucket's mean (round-off aside) are no noise: P is judged
+    on the class's own window, as before session 8."""
+    lat = LatencyModel()
+    lat.seed(M, "a", np.array([1.0, 2.0, 3.0]))
+    assert lat.noise(M, 0, 8) is None  # no ratio measured yet
+    for _ in range(40):
+        lat.observe_batch(M, 4, 1.3 * 3.0, 3.0)
+        lat.observe_batch(M, 1, 0.1 * 3 * 3.0, 3.0)  # 0.30000000000000004 x 3: round-off only
+    assert lat.noise(M, 0, 8) is None
+    cid = lat.class_id(M, "a")
+    assert lat.p_sorted(cid, 8) is lat.dists[cid].sorted()
+    assert lat.p_sorted(cid, 0) is lat.dists[cid].sorted()
+
+
+def test_noise_quantiles_are_ratios_over_their_bucket_mean_pooled():
+    """Bucket 2: ratios 1 and 3 (g 2) -> residuals 0.5, 1.5; bucket 4: 4 and 4 -> 1, 1.
+    Pooled [0.5, 1, 1, 1.5]; two quantiles at 1/4 and 3/4 (linear): 0.875 and 1.125."""
+    lat = LatencyModel()
+    for b, ratio in ((2, 1.0), (2, 3.0), (4, 4.0), (4, 4.0)):
+        lat.observe_batch(M, b, ratio * 5.0, 5.0)
+    eps = lat.noise(M, 0, 2)
+    assert eps.tolist() == pytest.approx([0.875, 1.125], abs=1e-12)
+    assert lat.noise(M, 0, 2) is eps  # cached until new ratios come in
+    assert lat.noise(M, 7, 2) is None  # another shape bucket: nothing measured
+
+
+def test_noise_keeps_its_array_until_a_quantile_moves():
+    """The same array object while the quantiles move by <= NOISE_MOVE (what is cached on
+    it, the noisy windows, lasts); a new one once they move more."""
+    from orloj_jax.latency import NOISE_MOVE
+
+    lat = LatencyModel()
+    rng = np.random.default_rng(0)
+    for r in rng.lognormal(0.0, 0.2, 200):
+        lat.observe_batch(M, 2, float(r), 1.0)
+    eps = lat.noise(M, 0, 4)
+    for r in rng.lognormal(0.0, 0.2, 20):  # the same spread: quantiles move a little
+        lat.observe_batch(M, 2, float(r), 1.0)
+    again = lat.noise(M, 0, 4)
+    assert again is eps or float(np.max(np.abs(again / eps - 1))) > NOISE_MOVE
+    for r in rng.lognormal(0.0, 1.0, 400):  # a much wider spread
+        lat.observe_batch(M, 2, float(r), 1.0)
+    wide = lat.noise(M, 0, 4)
+    assert wide is not eps and wide[0] < eps[0] and wide[-1] > eps[-1]
+
+
+def test_p_sorted_is_the_cdf_averaged_over_the_noise_quantiles():
+    """The noisy window's empirical CDF at t is the mean over the noise quantiles e_q of
+    F(t / e_q), F the class's own empirical CDF: E_noise[F(t / noise)]."""
+    lat = LatencyModel()
+    rng = np.random.default_rng(3)
+    cid = lat.seed(M, "a", rng.choice([2.0, 5.0, 9.0], size=50))
+    for r in rng.lognormal(0.0, 0.3, 64):
+        lat.observe_batch(M, int(rng.choice([1, 2, 4])), float(r) * 5.0, 5.0)
+    eps = lat.noise(M, 0, 8)
+    arr = lat.p_sorted(cid, 8)
+    d = lat.dists[cid]
+    assert arr.size == 8 * d.n and np.all(np.diff(arr) >= 0)
+    for t in rng.uniform(0.5, 20.0, 50):
+        got = np.searchsorted(arr, t, "right") / arr.size
+        want = float(np.mean([d.cdf(t / e) for e in eps]))
+        assert got == pytest.approx(want, abs=1e-12)
+    assert lat.p_sorted(cid, 8) is arr  # cached until the window or the noise changes

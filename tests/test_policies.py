@@ -713,7 +713,7 @@ def test_registry_names_and_errors():
         make_policy("nope")
     with pytest.raises(
         ValueError,
-        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit', 'weigh_models', 'pad_shapes', 'fair_share', 'fair_halflife_ms', 'idle_threshold', 'skip_riders', 'one_tag_path'\]",
+        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit', 'weigh_models', 'pad_shapes', 'fair_share', 'fair_halflife_ms', 'idle_threshold', 'skip_riders', 'one_tag_path', 'noise_quantiles'\]",
     ):
         make_policy("orloj", bogus=1)
     p = make_policy("static", config=StaticConfig(max_batch_size=4), max_queue_delay_us=5.0)
@@ -729,6 +729,7 @@ def test_registry_names_and_errors():
         "idle_threshold": 0.5,
         "skip_riders": "better",
         "one_tag_path": True,
+        "noise_quantiles": 8,
     }
 
 
@@ -894,6 +895,16 @@ def test_static_timeouts_from_its_expiry_heap_match_a_full_scan():
             s.on_done(out.batch, BatchResult(device_ms=1.0, solo_ms=np.ones(len(out.batch.requests))), now)
 
 
+def _noisy_batches(lat: LatencyModel, model: str, sb: int, rng) -> None:
+    """Half the time, 12 measured batches whose ratios scatter (lognormal, sometimes a
+    stall) around g: the batch-time noise `noise_quantiles` judges P with."""
+    if rng.random() < 0.5:
+        for _ in range(12):
+            b = int(rng.choice([1, 2, 4, 8]))
+            ratio = lat.g(model, b, sb) * float(rng.lognormal(0.0, 0.3)) * (4.0 if rng.random() < 0.1 else 1.0)
+            lat.observe_batch(model, b, ratio * 5.0, 5.0, sb)
+
+
 def _assert_same_decision(fast, slow) -> None:
     """The same batch, buckets, drops and predicted time; info equal (floats to 1e-12)."""
     assert [r.id for r in fast.batch] == [r.id for r in slow.batch]
@@ -910,14 +921,17 @@ def test_orloj_one_tag_path_decides_as_the_general_path_one_shape(early):
     """One warm class queued (one model, one tag, one shape): `Orloj._one_tag` decides
     without building groups and plans. On 300 seeded random cases (drop and idle
     thresholds, each skip-rider mode, 1-30 queued, g with and without batch scaling,
-    some requests already hopeless) it decides exactly what the general path does:
-    same batch, buckets, drops, predicted time and info (score to 1e-12)."""
+    some requests already hopeless, batch-time noise judged or not) it decides exactly
+    what the general path does: same batch, buckets, drops, predicted time and info
+    (score to 1e-12)."""
     rng = np.random.default_rng(5)
+    noise_rng = np.random.default_rng(55)  # its own stream: the cases above stay as they were
     used = 0
     for _ in range(300):
         opts = {"drop_threshold": float(rng.choice([0.0, 0.3, 0.7, 0.9])),
                 "skip_riders": str(rng.choice(["always", "better", "never"])),
-                "idle_threshold": None if rng.random() < 0.3 else float(rng.choice([0.0, 0.2]))}
+                "idle_threshold": None if rng.random() < 0.3 else float(rng.choice([0.0, 0.2])),
+                "noise_quantiles": int(noise_rng.choice([0, 4, 8]))}
         spec = ModelSpec(M, (1, 2, 4, 8), answers_at_exit=early)
         lat = LatencyModel(LatencyConfig(grid_points=64))
         # a multi-modal class (an early-exit model's stages) or a lognormal one
@@ -928,6 +942,7 @@ def test_orloj_one_tag_path_decides_as_the_general_path_one_shape(early):
         lat.seed(M, "a", xs)
         if rng.random() < 0.7:
             lat.seed_scaling(M, {b: float(1.0 + rng.uniform(0.0, 0.3) * (b - 1)) for b in (1, 2, 4, 8)})
+        _noisy_batches(lat, M, 0, noise_rng)
         lat.mark_all_warm(M)
         pols = [make_policy("orloj", **opts), make_policy("orloj", **opts, one_tag_path=False)]
         for p in pols:
@@ -949,18 +964,19 @@ def test_orloj_one_tag_path_decides_as_the_general_path_many_shapes(early):
     (MiniLM and the digits CNN on one device): `_one_tag` searches each shape's group
     and each padded group directly. On 300 seeded random queues (1-40 requests over 1-4
     shapes; half with whole-ms deadlines and some with every shape's profile alike, so
-    that deadlines and scores tie; thresholds, skip-rider modes, padding, model weights
-    and fair share (with random recent finish rates) on and off) it decides exactly
-    what the general path does: same model, batch, buckets (shape included), drops,
-    predicted time and info (score to 1e-12)."""
+    that deadlines and scores tie; thresholds, skip-rider modes, padding, model weights,
+    fair share (with random recent finish rates) and batch-time noise on and off) it
+    decides exactly what the general path does: same model, batch, buckets (shape
+    included), drops, predicted time and info (score to 1e-12)."""
     rng = np.random.default_rng(13)
+    noise_rng = np.random.default_rng(131)  # its own stream: the cases above stay as they were
     shapes = (16, 32, 64, 128)
     used = 0
     for _ in range(300):
         opts = {"drop_threshold": float(rng.choice([0.0, 0.3, 0.7])),
                 "skip_riders": str(rng.choice(["always", "better", "never"])),
                 "pad_shapes": bool(rng.random() < 0.8), "weigh_models": bool(rng.random() < 0.8),
-                "fair_share": bool(rng.random() < 0.8)}
+                "fair_share": bool(rng.random() < 0.8), "noise_quantiles": int(noise_rng.choice([0, 4, 8]))}
         models = (M,) if rng.random() < 0.5 else (M, "n")
         specs = {m: ModelSpec(m, (1, 2, 4, 8), shapes, answers_at_exit=early) for m in models}
         lat = LatencyModel(LatencyConfig(grid_points=64))
@@ -975,6 +991,7 @@ def test_orloj_one_tag_path_decides_as_the_general_path_many_shapes(early):
                 g = {b: float(1.0 + rng.uniform(0.0, 0.2) * (b - 1)) for b in (1, 2, 4, 8)}
                 lat.seed(m, "a", xs0 if same else xs, shape_bucket=sb)
                 lat.seed_scaling(m, g0 if same else g, shape_bucket=sb)
+                _noisy_batches(lat, m, sb, noise_rng)
             lat.mark_all_warm(m)
         pols = [make_policy("orloj", **opts), make_policy("orloj", **opts, one_tag_path=False)]
         share = {m: [float(rng.uniform(0, 50)), 50.0, 0.0] for m in models}  # recent on-time / offered
@@ -1035,3 +1052,38 @@ def test_orloj_skip_riders_modes(mode):
 def test_orloj_skip_riders_validation():
     with pytest.raises(ValueError, match="skip_riders"):
         make_policy("orloj", skip_riders="sometimes")
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_orloj_judges_p_with_the_batch_time_noise(early):
+    """Solo times all 1 ms; bucket 1's measured ratios are 1.0 nine times in ten and 10
+    once (a stall), so g(1) = 1.9. A request with 1.5 ms of slack: on g's mean alone it
+    has P = F(1.5 / 1.9) = 0 and is dropped; with the noise, P = mean_q F(1.5 / (1.9 e_q))
+    = 0.9 (nine of ten quantiles are 1 / 1.9), above the 0.7 drop threshold: it runs.
+    Only for a model whose members are answered at their own exit (`noise_quantiles`)."""
+    def sched(q: int) -> Scheduler:
+        lat = LatencyModel(LatencyConfig(grid_points=61))
+        lat.seed(M, "a", np.ones(20))
+        for i in range(20):
+            lat.observe_batch(M, 1, 10.0 if i % 10 == 9 else 1.0, 1.0)
+        lat.mark_all_warm(M)
+        return Scheduler(make_policy("orloj", noise_quantiles=q, idle_threshold=None), [ModelSpec(M, (1,), answers_at_exit=early)], lat)
+
+    for q, runs in ((0, False), (10, early)):
+        s = sched(q)
+        assert s.latency.g(M, 1) == pytest.approx(1.9)
+        r = req("a", deadline=1.5)
+        s.add(r, 0.0)
+        out = s.next_batch(0.0)
+        if runs:
+            assert out.batch is not None and out.batch.requests == [r]
+        else:
+            assert out.batch is None and r.outcome is Outcome.DROPPED
+
+
+def test_orloj_noise_quantiles_validation():
+    with pytest.raises(ValueError, match="noise_quantiles"):
+        make_policy("orloj", noise_quantiles=-1)
+    with pytest.raises(ValueError, match="noise_quantiles"):
+        make_policy("orloj", noise_quantiles=2.5)
+    assert make_policy("orloj", noise_quantiles=8.0).config.noise_quantiles == 8  # "8" from a CLI option

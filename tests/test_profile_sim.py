@@ -255,3 +255,46 @@ def test_engine_overhead_on_an_emulated_profile(tmp_path, capsys):
     assert 0.0 < r["ratio"] <= 1.5
     assert engine_overhead.main(["--profile", str(path), "--requests", "40", "--max-batch", "4", "--policy", "static"]) == 0
     assert "emulated" in capsys.readouterr().out
+
+
+def test_noisy_device_stretches_each_batch_by_one_factor():
+    """`bench.noisy_device.NoisyDevice`: sigma 0 and no stalls is the inner device; a
+    stall-only device (p = 1, x 3) triples the batch and every exit offset from the
+    batch's start; lognormal factors have mean ~1; solo estimates are the inner ones."""
+    from bench.noisy_device import NoisyDevice, parse_noise
+
+    dev = ProfiledDevice(make_profile())
+    reqs = [Request("minilm", "default", 0.0, 1e9, size=13, payload=e) for e in (0, 2)]
+    batch = Batch("minilm", reqs, 2, 16, 10.0)
+    base = dev.run(batch)
+    same = NoisyDevice(dev).run(batch)
+    assert same.device_ms == base.device_ms and same.finish_ms == base.finish_ms
+    slow = NoisyDevice(dev, stall_p=1.0, stall_x=3.0).run(batch)
+    assert slow.device_ms == pytest.approx(3 * base.device_ms)
+    assert slow.finish_ms == pytest.approx([10.0 + 3 * (f - 10.0) for f in base.finish_ms])
+    assert list(slow.solo_ms) == list(base.solo_ms)
+    f = [NoisyDevice(dev, sigma=0.3, seed=s).factor() for s in range(400)]
+    assert np.mean(f) == pytest.approx(1.0, abs=0.05) and np.std(f) > 0.2
+    assert parse_noise("0.1+0.02x5") == (0.1, 0.02, 5.0) and parse_noise("0.4") == (0.4, 0.0, 1.0)
+    with pytest.raises(ValueError):
+        NoisyDevice(dev, sigma=-1.0)
+
+
+def test_noisy_device_cli(tmp_path, capsys):
+    """The CLI runs every (arrival, k, noise) cell for each policy and writes the JSON;
+    bad options are usage errors before any simulation."""
+    from bench import noisy_device
+
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(make_profile()))
+    out = tmp_path / "n.json"
+    assert noisy_device.main(["--profile", str(path), "--requests", "80", "--seeds", "1", "--slo-k", "3",
+                              "--noise", "0;0.3", "--arrival", "poisson", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert [r["noise"] for r in rep["rows"]] == ["0", "0.3"]
+    assert set(rep["rows"][0]["finish"]) == {"orloj", "orloj:noise_quantiles=0", "static"}
+    assert all(0.0 <= v <= 1.0 for r in rep["rows"] for v in r["finish"].values())
+    for bad in (["--noise", "x"], ["--policies", "orloj:bogus=1"], ["--policies", "orloj;orloj"], ["--arrival", "uniform"]):
+        with pytest.raises(SystemExit):
+            noisy_device.main(["--profile", str(path), *bad])
+    assert "usage" in capsys.readouterr().err

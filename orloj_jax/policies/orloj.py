@@ -82,6 +82,13 @@ class OrlojConfig:
     # the same decisions, cheaper (docs/design.md, orloj item 9). False: always the
     # general path (to compare their costs).
     one_tag_path: bool = True
+    # Batch-time noise (session 8): judge a member's P(on time) with the spread of the
+    # measured batch times around g(B) x max solo, not g's mean alone: P = E[F(slack /
+    # (g noise))] over this many quantiles of the noise (`LatencyModel.p_sorted`), for
+    # models whose members are answered at their own exit (where the expected on-time
+    # count needs only each member's own chance). 0: g's mean alone (before session 8).
+    # A deterministic device (the simulator's) has no noise: the same decisions either way.
+    noise_quantiles: int = 8
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.drop_threshold < 1.0:
@@ -94,6 +101,10 @@ class OrlojConfig:
             raise ValueError(f"skip_riders must be one of {SKIP_RIDERS}, got {self.skip_riders!r}")
         if self.idle_threshold is not None and not 0.0 <= self.idle_threshold < 1.0:
             raise ValueError(f"idle_threshold must be None or in [0, 1), got {self.idle_threshold}")
+        if isinstance(self.noise_quantiles, float) and self.noise_quantiles.is_integer():
+            object.__setattr__(self, "noise_quantiles", int(self.noise_quantiles))  # "8" parsed as 8.0
+        if not isinstance(self.noise_quantiles, int) or not 0 <= self.noise_quantiles <= 64:
+            raise ValueError(f"noise_quantiles must be an integer in [0, 64], got {self.noise_quantiles!r}")
 
 
 @lru_cache(maxsize=64)
@@ -156,7 +167,7 @@ class _Group:
     comp: np.ndarray  # [nb] compile cost per bucket (0 when warm)
     gb: np.ndarray  # [nb] g per bucket
     now: float = 0.0
-    dists: list = field(default_factory=list)  # EmpiricalDist per class
+    srt: list = field(default_factory=list)  # per class, its sorted window for P (`Orloj._srt`)
     cids: tuple = ()  # latency-model class id per class
     best_p: np.ndarray | None = None
     _logfex: np.ndarray | None = None
@@ -180,17 +191,16 @@ class _Group:
                 slack = slack - self.comp[:, None, None]
             u = slack / self.gb[:, None, None]  # [nb, C, J]
             with np.errstate(divide="ignore"):
-                if len(self.dists) == 1:
-                    s = self.dists[0].sorted()
+                if len(self.srt) == 1:
+                    s = self.srt[0]
                     x = s.searchsorted(u, "right") / s.size
                     out = np.log(x, out=x).astype(np.float32)[None]
                 else:
                     # one division and one log over every class (elementwise: the same values)
-                    c = len(self.dists)
+                    c = len(self.srt)
                     idx = np.empty((c, *u.shape), dtype=np.intp)
                     sizes = np.empty((c, 1, 1, 1))
-                    for i, d in enumerate(self.dists):
-                        s = d.sorted()
+                    for i, s in enumerate(self.srt):
                         idx[i] = s.searchsorted(u, "right")
                         sizes[i] = s.size
                     x = np.divide(idx, sizes)
@@ -205,7 +215,7 @@ class _Group:
             return None
         lists = [self.lists[c][skip[c] :] for c in keep]
         slack, lens = _slacks(lists, self.slack.shape[1], self.now)
-        return _Group(self.model, self.shape, lists, self.logF[keep], self.du, slack, lens, self.buckets, self.comp, self.gb, self.now, dists=[self.dists[c] for c in keep], cids=tuple(self.cids[c] for c in keep), has_comp=self.has_comp, own=self.own, mixed=self.mixed)
+        return _Group(self.model, self.shape, lists, self.logF[keep], self.du, slack, lens, self.buckets, self.comp, self.gb, self.now, srt=[self.srt[c] for c in keep], cids=tuple(self.cids[c] for c in keep), has_comp=self.has_comp, own=self.own, mixed=self.mixed)
 
     def expected_max(self, counts: np.ndarray) -> np.ndarray:
         """E[max member solo time] of count vectors [V, C]: the integral of 1 - prod_c F_c^n_c."""
@@ -300,7 +310,7 @@ class Orloj(Policy):
     def bind(self, models, latency) -> None:
         super().bind(models, latency)
         self._emax_cache: dict[tuple, np.ndarray] = {}
-        self._qthr_cache: dict[float, dict[int, tuple[int, float]]] = {}
+        self._qthr_cache: dict[float, dict[int, tuple]] = {}
         self._thr = self.config.drop_threshold
         self._buckets: dict[tuple, np.ndarray] = {}
         self._gb_cache: dict[tuple, tuple] = {}
@@ -462,7 +472,7 @@ class Orloj(Policy):
                     continue
                 survivors[shape] = surv
                 # as _has_chance (warm: no compile cost; buckets start at 1)
-                if _alone_has_chance(lat.dists[cid].sorted(), surv[0].deadline_ms - now, float(gb[0])):
+                if _alone_has_chance(self._srt(model, cid), surv[0].deadline_ms - now, float(gb[0])):
                     later.append((order, model, weight, mbest, shape, cid, surv, False))
                 else:
                     got = self._one_group(model, shape, cid, surv, now, ctx, mixed=False)
@@ -522,7 +532,7 @@ class Orloj(Policy):
         """One single-class group of `_one_tag`: its best batch after the skip-rider rounds
         (`_skip_riders`), as (score, decision), or None if no batch scores > 0."""
         spec, buckets, jmax, gb, _, _, du, logF, _ = ctx
-        srt = self.latency.dists[cid].sorted()
+        srt = self._srt(model, cid)
         max_b = int(buckets[-1])
         emax = self._emax_of(model, shape, (cid,), logF, du, count_vectors(1, max_b))
         own = spec.answers_at_exit
@@ -723,7 +733,7 @@ class Orloj(Policy):
             lists = lists.lists()
         slack, lens = _slacks(lists, jmax, now)
         return _Group(model, shape, lists, logF, du, slack, lens, buckets, comp, gb, now,
-                      dists=[self.latency.dists[c] for c in cids], cids=tuple(cids), has_comp=has_comp,
+                      srt=[self._srt(model, c) for c in cids], cids=tuple(cids), has_comp=has_comp,
                       own=spec.answers_at_exit)
 
     def _context(self, model, shape, cids) -> tuple:
@@ -774,10 +784,10 @@ class Orloj(Policy):
         if not keep:
             return None, None
         slack, lens = _slacks(lists, jmax, now)
-        dists = [lat.dists[cids[i]] for i in keep]
         kept = tuple(cids[i] for i in keep)
+        srt = [self._srt(model, c) for c in kept]
         rows = logF if len(keep) == len(cids) else logF[keep]
-        return _Group(model, shape, lists, rows, du, slack, lens, buckets, comp, gb, now, dists=dists, cids=kept, has_comp=has_comp, own=spec.answers_at_exit, table=(tuple(cids), logF), mixed=False), None
+        return _Group(model, shape, lists, rows, du, slack, lens, buckets, comp, gb, now, srt=srt, cids=kept, has_comp=has_comp, own=spec.answers_at_exit, table=(tuple(cids), logF), mixed=False), None
 
     def _skip_riders(self, grp: _Group, found):
         """Don't let members with P(on time in this batch) < drop_threshold ride along.
@@ -867,11 +877,10 @@ class Orloj(Policy):
         g0 = float(grp.gb[bi0])
         c0 = float(grp.comp[bi0])
         heads = grp.slack[:, 0].tolist() if grp.slack.shape[1] else []
-        for c, d in enumerate(grp.dists):
+        for c, srt in enumerate(grp.srt):
             if grp.lens[c] >= 1:
-                srt = d.sorted()
-                if srt.size == 0:
-                    d.cdf(0.0)  # raises, as before, for an empty distribution
+                if srt.size == 0:  # as EmpiricalDist.cdf: a warm class has >= min_samples >= 1
+                    raise ValueError("empty distribution: no samples yet")
                 if _alone_has_chance(srt, heads[c] - c0, g0):
                     return True
         return False
@@ -899,18 +908,38 @@ class Orloj(Policy):
             hit = self._weights[model] = (key, float(np.mean(means)) if means else 1.0)
         return hit[1]
 
+    def _srt(self, model: str, cid: int) -> np.ndarray:
+        """The sorted window that a member of class `cid` is judged on (its P(on time) and
+        drops): the class's own, or with the batch-time noise (`noise_quantiles`,
+        `LatencyModel.p_sorted`) when its model answers members at their own exit."""
+        q = self.config.noise_quantiles
+        if q and self.models[model].answers_at_exit:
+            return self.latency.p_sorted(cid, q)
+        return self.latency.dists[cid].sorted()
+
     def _threshold_quantile(self, cid: int) -> float:
         """The class's quantile at the current drop threshold (`drop_threshold`, or
-        `idle_threshold` while deciding again), recomputed only when its samples change."""
+        `idle_threshold` while deciding again), recomputed only when its samples change
+        (or, with `noise_quantiles`, the noise does)."""
         thr, lat = self._thr, self.latency
         if thr <= 0 or lat.is_cold(cid):
             return 0.0
         cache = self._qthr_cache.setdefault(thr, {})
         d = lat.dists[cid]
         hit = cache.get(cid)
+        model = lat.class_keys[cid][0]
+        q = self.config.noise_quantiles
+        eps = None
+        if q and self.models[model].answers_at_exit:
+            eps = lat.noise(model, lat.class_keys[cid][2], q)
         # Refreshed like the CDF tables: once the window has changed by ~3%.
-        if hit is None or d.total - hit[0] >= max(1, d.n >> 5):
-            hit = cache[cid] = (d.total, float(d.quantile(thr)))
+        if hit is None or d.total - hit[0] >= max(1, d.n >> 5) or hit[2] is not eps:
+            if eps is None:
+                val = float(d.quantile(thr))
+            else:  # EmpiricalDist.quantile on the noisy window
+                srt = self._srt(model, cid)
+                val = float(srt[min(max(math.ceil(thr * srt.size - 1e-9) - 1, 0), srt.size - 1)])
+            hit = cache[cid] = (d.total, val, eps)
         return hit[1]
 
     def _emax_all(self, grp: _Group, allv: np.ndarray) -> np.ndarray:
