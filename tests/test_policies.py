@@ -713,7 +713,7 @@ def test_registry_names_and_errors():
         make_policy("nope")
     with pytest.raises(
         ValueError,
-        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit', 'weigh_models', 'pad_shapes', 'fair_share', 'fair_halflife_ms', 'idle_threshold', 'skip_riders', 'one_tag_path', 'noise_quantiles'\]",
+        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit', 'weigh_models', 'pad_shapes', 'fair_share', 'fair_halflife_ms', 'idle_threshold', 'skip_riders', 'one_tag_path', 'noise_quantiles', 'probe_after'\]",
     ):
         make_policy("orloj", bogus=1)
     p = make_policy("static", config=StaticConfig(max_batch_size=4), max_queue_delay_us=5.0)
@@ -730,6 +730,7 @@ def test_registry_names_and_errors():
         "skip_riders": "better",
         "one_tag_path": True,
         "noise_quantiles": 8,
+        "probe_after": 16,
     }
 
 
@@ -1087,3 +1088,37 @@ def test_orloj_noise_quantiles_validation():
     with pytest.raises(ValueError, match="noise_quantiles"):
         make_policy("orloj", noise_quantiles=2.5)
     assert make_policy("orloj", noise_quantiles=8.0).config.noise_quantiles == 8  # "8" from a CLI option
+
+
+def test_orloj_probes_after_a_run_of_decisions_that_only_dropped():
+    """A latency model that judges every request hopeless (g(1) = 100 on 1 ms solos, 5 ms
+    of slack) drops each one and starts nothing. After `probe_after` such decisions in a
+    row, the next runs the request with the most slack of those it would drop, alone
+    (info["probe"]), drops the rest, and the count starts again; None never probes."""
+    def sched(**opts) -> Scheduler:
+        lat = LatencyModel(LatencyConfig(grid_points=61))
+        lat.seed(M, "a", np.ones(20))
+        lat.seed_scaling(M, {1: 100.0, 2: 100.0})
+        lat.mark_all_warm(M)
+        return Scheduler(make_policy("orloj", **opts), [ModelSpec(M, (1, 2))], lat)
+
+    s = sched(probe_after=3)
+    for i in range(3):
+        s.add(req("a", deadline=5.0 + i), 0.0)
+        out = s.next_batch(0.0)
+        assert out.batch is None and [r.outcome for r in out.finished] == [Outcome.DROPPED]
+    early, late = req("a", deadline=5.0), req("a", deadline=6.0)
+    s.add(early, 0.0)
+    s.add(late, 0.0)
+    out = s.next_batch(0.0)
+    assert out.batch is not None and out.batch.requests == [late] and out.batch.batch_bucket == 1
+    assert out.batch.info.get("probe") is True and early.outcome is Outcome.DROPPED
+    s.on_done(out.batch, BatchResult(device_ms=1.0, solo_ms=np.ones(1)), 1.0)
+    s.add(req("a", deadline=9.0), 1.0)
+    assert s.next_batch(1.0).batch is None  # the count started again
+    s = sched(probe_after=None)
+    for i in range(30):
+        s.add(req("a", deadline=5.0 + i), 0.0)
+        assert s.next_batch(0.0).batch is None
+    with pytest.raises(ValueError, match="probe_after"):
+        make_policy("orloj", probe_after=-1)
