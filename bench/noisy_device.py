@@ -1,8 +1,9 @@
 """Policies on a profiled device whose batch times are noisy (simulator).
 
     python -m bench.noisy_device --profile bench/profiles/digits-ee-cpu.json
-        [--policies "orloj;orloj:noise_quantiles=0;static"] [--noise "0;0.2;0.4;0.1+0.02x5"]
-        [--slo-k 1,1.5,3] [--arrival poisson,bursty] [--requests 3000] [--seeds 2] [--json OUT]
+        [--policies "orloj;orloj:noise_quantiles=8;static"] [--noise "0;0.2;0.4;0.1+0.02x5"]
+        [--slo-k 1,1.5,3] [--arrival poisson,bursty] [--requests 3000] [--seeds 2]
+        [--gaps "orloj=0.12;static=0.03"] [--json OUT]
 
 A profiled device (`ProfiledDevice`) runs a batch in exactly the time its stage
 tables give. A real one does not: a VM's phases, a stall, the host's share of a
@@ -12,8 +13,12 @@ sigma, times `stall_x` with probability `stall_p` (`--noise "0.1+0.02x5"`: sigma
 0.1, 2% of batches 5x slower). The policies learn from what the noisy device
 reports, as the live engine does. Each cell is the mean finish rate over
 `--seeds` noise seeds on the same trace; the table also gives each policy's
-difference from the first one listed, so `orloj;orloj:noise_quantiles=0` shows what
+difference from the first one listed, so `orloj;orloj:noise_quantiles=8` shows what
 judging P with the measured batch-time noise (`OrlojConfig.noise_quantiles`) gains.
+
+`--gaps` charges a policy the engine's own time between batches (`sim.run_schedule`'s
+gap: the decision, learning and hand-off, which the simulator otherwise takes as
+free), e.g. what `bench.engine_timeline` measured live for each policy.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ def parse_noise(spec: str) -> tuple[float, float, float]:
 
 
 def run(profile: Path, policies: list[str], noises: list[str], ks: list[float], arrivals: list[str], n: int,
-        seeds: int, load: float = 0.8, max_batch: int = 8, log=print) -> dict:
+        seeds: int, load: float = 0.8, max_batch: int = 8, gaps: dict[str, float] | None = None, log=print) -> dict:
     from .engine_timeline import make_variant_policy
 
     for pol in policies:
@@ -88,7 +93,7 @@ def run(profile: Path, policies: list[str], noises: list[str], ks: list[float], 
                 fr = {}
                 for pol in policies:
                     fr[pol] = float(np.mean([
-                        w.simulate(arr, idx, k * w.p99_ms, make_variant_policy(pol),
+                        w.simulate(arr, idx, k * w.p99_ms, make_variant_policy(pol), gap_ms=(gaps or {}).get(pol, 0.0),
                                    device=NoisyDevice(w.device, sigma, stall_p, stall_x, seed=s))["finish_rate"]
                         for s in range(seeds)]))
                 rows.append({"arrival": arrival, "slo_k": k, "noise": spec, "finish": fr})
@@ -97,14 +102,14 @@ def run(profile: Path, policies: list[str], noises: list[str], ks: list[float], 
     totals = {p: round(sum(r["finish"][p] for r in rows), 4) for p in policies}
     wins = {p: sum(r["finish"][p] > r["finish"][base] + 1e-9 for r in rows) for p in policies[1:]}
     losses = {p: sum(r["finish"][p] < r["finish"][base] - 1e-9 for r in rows) for p in policies[1:]}
-    return {"profile": str(profile), "requests": n, "load": load, "seeds": seeds, "policies": policies,
+    return {"profile": str(profile), "requests": n, "load": load, "seeds": seeds, "policies": policies, "gaps_ms": gaps or {},
             "rows": rows, "totals": totals, "wins_over_first": wins, "losses_to_first": losses}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.noisy_device", description=__doc__.splitlines()[0])
     p.add_argument("--profile", type=Path, required=True)
-    p.add_argument("--policies", default="orloj;orloj:noise_quantiles=0;static",
+    p.add_argument("--policies", default="orloj;orloj:noise_quantiles=8;static",
                    help="';'-separated, with options after ':' joined by '+' (as bench.live_ab)")
     p.add_argument("--noise", default="0;0.2;0.4;0.1+0.02x5", help="';'-separated: SIGMA or SIGMA+PxX")
     p.add_argument("--slo-k", type=_floats, default=[1.0, 1.5, 3.0])
@@ -113,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--load", type=float, default=0.8)
     p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--gaps", default="", help="';'-separated POLICY=MS: that policy's time between batches")
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
     policies = [x.strip() for x in a.policies.split(";") if x.strip()]
@@ -129,6 +135,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--arrival: poisson and/or bursty")
     if a.requests < 1 or a.seeds < 1:
         p.error("--requests and --seeds must be >= 1")
+    gaps = {}
+    for item in filter(None, (x.strip() for x in a.gaps.split(";"))):
+        pol, _, ms = item.rpartition("=")
+        try:
+            gaps[pol] = float(ms)
+        except ValueError:
+            p.error(f"--gaps: expected POLICY=MS, got {item!r}")
+        if pol not in policies or not gaps[pol] >= 0:
+            p.error(f"--gaps: {item!r} names no listed policy or is negative")
     try:
         from .engine_timeline import make_variant_policy
 
@@ -136,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             make_variant_policy(pol)
     except (KeyError, TypeError, ValueError) as e:
         p.error(f"--policies: {e}")
-    out = run(a.profile, policies, noises, a.slo_k, arrivals, a.requests, a.seeds, a.load, a.max_batch,
+    out = run(a.profile, policies, noises, a.slo_k, arrivals, a.requests, a.seeds, a.load, a.max_batch, gaps,
               log=lambda m: print(m, flush=True))
     print("sum of finish rates: " + ", ".join(f"{k} {v:.3f}" for k, v in out["totals"].items()))
     print("cells above / below the first policy: " + ", ".join(

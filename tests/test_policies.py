@@ -729,7 +729,7 @@ def test_registry_names_and_errors():
         "idle_threshold": 0.5,
         "skip_riders": "better",
         "one_tag_path": True,
-        "noise_quantiles": 8,
+        "noise_quantiles": 0,
         "probe_after": 16,
     }
 

@@ -292,9 +292,13 @@ def test_noisy_device_cli(tmp_path, capsys):
                               "--noise", "0;0.3", "--arrival", "poisson", "--json", str(out)]) == 0
     rep = json.loads(out.read_text())
     assert [r["noise"] for r in rep["rows"]] == ["0", "0.3"]
-    assert set(rep["rows"][0]["finish"]) == {"orloj", "orloj:noise_quantiles=0", "static"}
+    assert set(rep["rows"][0]["finish"]) == {"orloj", "orloj:noise_quantiles=8", "static"}
     assert all(0.0 <= v <= 1.0 for r in rep["rows"] for v in r["finish"].values())
-    for bad in (["--noise", "x"], ["--policies", "orloj:bogus=1"], ["--policies", "orloj;orloj"], ["--arrival", "uniform"]):
+    assert noisy_device.main(["--profile", str(path), "--requests", "80", "--seeds", "1", "--slo-k", "3",
+                              "--noise", "0", "--arrival", "poisson", "--gaps", "static=0.5", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["gaps_ms"] == {"static": 0.5}
+    for bad in (["--noise", "x"], ["--policies", "orloj:bogus=1"], ["--policies", "orloj;orloj"], ["--arrival", "uniform"],
+                ["--gaps", "fifo=0.1"], ["--gaps", "static=x"], ["--gaps", "static=-1"]):
         with pytest.raises(SystemExit):
             noisy_device.main(["--profile", str(path), *bad])
     assert "usage" in capsys.readouterr().err

@@ -82,13 +82,18 @@ class OrlojConfig:
     # the same decisions, cheaper (docs/design.md, orloj item 9). False: always the
     # general path (to compare their costs).
     one_tag_path: bool = True
-    # Batch-time noise (session 8): judge a member's P(on time) with the spread of the
-    # measured batch times around g(B) x max solo, not g's mean alone: P = E[F(slack /
+    # Batch-time noise (session 8, opt-in): judge a member's P(on time) with the spread of
+    # the measured batch times around g(B) x max solo, not g's mean alone: P = E[F(slack /
     # (g noise))] over this many quantiles of the noise (`LatencyModel.p_sorted`), for
     # models whose members are answered at their own exit (where the expected on-time
-    # count needs only each member's own chance). 0: g's mean alone (before session 8).
-    # A deterministic device (the simulator's) has no noise: the same decisions either way.
-    noise_quantiles: int = 8
+    # count needs only each member's own chance). 0 (the default): g's mean alone. A
+    # deterministic device has no noise: the same decisions either way. Measured with 8
+    # (BENCHMARKS.md, session 8): on profiled devices with per-batch noise
+    # (`bench.noisy_device`, 72 cells) +0.006 a cell (digits-ee CPU / H200 +0.005 /
+    # +0.011, minilm H200 +0.001); live, -0.006 / +0.002 on the emulated H200 at k = 1
+    # / 1.5 and -0.03 / -0.14 on this CPU's digits-ee at k = 1.5 / 3 (4 paired runs,
+    # lower in 4 of 4 at k = 3). Not the default.
+    noise_quantiles: int = 0
     # Probes (session 8): after this many decisions in a row that dropped requests and
     # started nothing, the next such decision runs the request with the most slack of
     # those it would drop, alone, instead of dropping it. A model that judges every
