@@ -431,6 +431,34 @@ def test_orloj_runs_the_best_of_a_hopeless_queue_rather_than_idle(idle):
     assert all(r.outcome is Outcome.DROPPED and r.reason == "deadline_unmeetable" for r in out.finished)
 
 
+@pytest.mark.parametrize("one_tag_path", [True, False])
+def test_orloj_decides_again_at_the_idle_threshold_only_when_one_would_survive(one_tag_path):
+    """Q4 samples: P alone at slack 9 is 0, at 19.9 0.25 (< 0.5). Nothing survives the
+    idle threshold either, so `select` does not decide a second time (`_any_survives`);
+    with slack 20 (P = 0.5) one survives it and the second decision runs it. A compile
+    cost (cold buckets, the general path's `comp + g q` bound) is judged the same way."""
+    for deadlines, again in (((9.0, 19.9), False), ((9.0, 20.0), True)):
+        s = make("orloj", {"a": Q4}, one_tag_path=one_tag_path)
+        calls = []
+        inner = s.policy._decide_at
+        s.policy._decide_at = lambda q, now, thr, calls=calls, inner=inner: calls.append(thr) or inner(q, now, thr)
+        rs = add_all(s, [req(deadline=x) for x in deadlines])
+        out = s.next_batch(0.0)
+        assert calls == ([0.7, 0.5] if again else [0.7])
+        assert (out.batch is not None) is again
+        assert (out.batch.requests == [rs[1]]) if again else (out.finished == rs)
+    # With compile costs (bucket 8 warm, bucket 1 cold: its compile is avoidable by
+    # padding), `_any_survives` agrees with the drop rule of a decision at 0.5.
+    for d in (9.0, 19.9, 20.0, 24.9, 25.0, 40.0, 600.0):
+        s = make("orloj", {"a": Q4}, warm=False)
+        s.latency.mark_warm(M, 8)
+        s.latency.observe_compile(M, 1, 0, 5.0)
+        r = req(deadline=d)
+        s.add(r, 0.0)
+        dropped = any(x is r for x, _, _ in s.policy._decide_at(s.queue, 0.0, 0.5).drops)
+        assert s.policy._any_survives([(r, Outcome.DROPPED, "deadline_unmeetable")], 0.0, 0.5) is not dropped
+
+
 def test_orloj_idle_threshold_only_when_nothing_would_run():
     """The same P = 0.5 request, queued with one that has P = 1 (slack 40): something
     runs at the drop threshold (0.7), so the low-odds one is dropped as before."""

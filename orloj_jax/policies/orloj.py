@@ -400,7 +400,8 @@ class Orloj(Policy):
         self._contexts.clear()  # the latency model does not change during a decision
         decision = self._decide_at(queue, now, self.config.drop_threshold)
         idle = self.config.idle_threshold
-        if not decision.batch and decision.drops and idle is not None and idle < self.config.drop_threshold:
+        if (not decision.batch and decision.drops and idle is not None and idle < self.config.drop_threshold
+                and self._any_survives(decision.drops, now, idle)):
             # Every queued request would be dropped and the device would idle: running
             # the best of them at a lower threshold costs only the arrivals it delays.
             again = self._decide_at(queue, now, idle)
@@ -430,6 +431,31 @@ class Orloj(Policy):
         self._dry = 0
         drops = [d for d in decision.drops if d[0] is not r]
         return Decision(r.model, [r], bb, r.shape_bucket, drops=drops, info={"probe": True})
+
+    def _any_survives(self, drops, now: float, threshold: float) -> bool:
+        """Whether a decision at `threshold` would keep any of `drops` (each class's request
+        with the most slack) from the drop rule (`_prepare`'s and `_one_tag`'s bisect).
+        When none survives it, deciding again there drops them all and runs nothing, so
+        `select` skips it: on digits-ee live that second decision was a third of them."""
+        latest: dict[int, float] = {}
+        for r, _, why in drops:
+            if why != "deadline_unmeetable":
+                return True  # not a drop-rule drop: decide again, as before
+            if r.deadline_ms > latest.get(r.cls, -math.inf):
+                latest[r.cls] = r.deadline_ms
+        keys = self.latency.class_keys
+        self._thr = threshold
+        try:
+            for cid, deadline in latest.items():
+                model, _, shape = keys[cid]
+                _, _, _, gb, gmin, comp, _, _, has_comp = self._context(model, shape, [cid])
+                q = self._threshold_quantile(cid)
+                smin = float((comp + gb * q).min()) if has_comp else gmin * q
+                if not deadline < now + smin:
+                    return True
+        finally:
+            self._thr = self.config.drop_threshold
+        return False
 
     def _decide_at(self, queue, now: float, threshold: float) -> Decision:
         """`_select` with this drop threshold (no side effects on the queue)."""
