@@ -82,8 +82,9 @@ step sim-vs-engine 150 "$PY" -m bench.sim_vs_engine --workload minilm-text "${SV
 step engine-mode 120 "$PY" -m bench.cli bench --mode engine --workload minilm-text --policies orloj,static,static-tuned \
     --slo-k 1,1.5 "${ENG[@]}" --json "$RES/engine-minilm-h200.json"
 # session 7: orloj with its direct decision path, with the general path, and static,
-# interleaved on one trace (paired differences; the emulated H200 gave +0.03-0.05 for the path)
-step live-ab 150 "$PY" -m bench.live_ab --workload minilm-text --policies "orloj;orloj:one_tag_path=false;static" \
+# interleaved on one trace (paired differences; the emulated H200 gave +0.03-0.05 for the path);
+# session 8: and orloj judging P with the measured batch-time noise (opt-in; emulated: -0.006 / +0.002)
+step live-ab 150 "$PY" -m bench.live_ab --workload minilm-text --policies "orloj;orloj:one_tag_path=false;orloj:noise_quantiles=8;static" \
     --slo-k 1,1.5 --arrival bursty "${AB[@]}" --json "$RES/live_ab-minilm-h200.json"
 # where the live engine's time goes (decisions, gaps, learning, live vs isolated batches)
 step timeline 150 "$PY" -m bench.engine_timeline --workload minilm-text --variants default,pipeline "${TL[@]}" \
