@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from orloj_jax.engine import Engine
-from orloj_jax.policies import make_policy
+from orloj_jax.policies import make_policy, parse_policy_spec
 from orloj_jax.request import Outcome, Request
 from orloj_jax.scheduler import Batch, ModelSpec, Scheduler, SchedulerConfig
 
@@ -76,26 +76,12 @@ VARIANTS = {
 def make_variant_policy(name: str, spec=None):
     """A policy by name, optionally with config options: `orloj:drop_threshold=0.3`
     (several options joined by '+': `orloj:drop_threshold=0.3+skip_riders=never`; values
-    true / false / none, numbers, else strings), on top of `spec.policy_options` (a
-    BenchSpec's; None: the policy's defaults)."""
-    base, _, opts = name.partition(":")
-    if not opts and spec is not None:
+    as `orloj_jax.policies.parse_policy_spec` reads them), on top of `spec.policy_options`
+    (a BenchSpec's; None: the policy's defaults)."""
+    base, kw = parse_policy_spec(name)
+    if not kw and spec is not None:
         return _policy(base, spec, None)
-    kw = {}
-    for item in filter(None, opts.split("+")):
-        key, _, val = item.partition("=")
-        kw[key.strip()] = _option_value(val.strip())
     return make_policy(base, **{**(spec.policy_options.get(base, {}) if spec is not None else {}), **kw})
-
-
-def _option_value(val: str):
-    low = val.lower()
-    if low in ("true", "false", "none"):
-        return {"true": True, "false": False, "none": None}[low]
-    try:
-        return float(val)
-    except ValueError:
-        return val
 
 
 @dataclass

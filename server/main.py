@@ -194,7 +194,9 @@ def build_parser(prog: str = "orloj serve") -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated zoo names")
-    p.add_argument("--policy", default="orloj")
+    p.add_argument("--policy", default="orloj", metavar="NAME[:KEY=VALUE+...]",
+                   help="scheduling policy, with config options if any (e.g. orloj:noise_quantiles=8+probe_after=32; "
+                   "docs/design.md); default orloj")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-queue", type=int, default=10_000)
     p.add_argument("--compile-cache-dir", default=None, help="JAX persistent compilation cache")
@@ -233,7 +235,18 @@ def zoo_backend(models: Sequence[str] = DEFAULT_MODELS, **options: Any) -> Backe
     return zoo_factory(models, **options)()
 
 
-def serve_ray(a: argparse.Namespace, models: Sequence[str], config: ServerConfig) -> None:
+def policy_from_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """`--policy NAME[:KEY=VALUE+...]` -> (name, options), checked by building the policy
+    once (a ValueError names the bad policy, option or value) before any model loads."""
+    from orloj_jax.policies import make_policy, parse_policy_spec
+
+    name, options = parse_policy_spec(spec)
+    make_policy(name, **options)
+    return name, options
+
+
+def serve_ray(a: argparse.Namespace, models: Sequence[str], config: ServerConfig, policy: str = "orloj",
+              policy_options: Mapping[str, Any] | None = None) -> None:
     from models import MODEL_NAMES
 
     from .ray_app import run_local
@@ -249,7 +262,8 @@ def serve_ray(a: argparse.Namespace, models: Sequence[str], config: ServerConfig
             raise ValueError(f"--autoscale wants MIN,MAX with 1 <= MIN <= MAX, got {a.autoscale!r}")
     if a.replicas < 1:
         raise ValueError(f"--replicas must be >= 1, got {a.replicas}")
-    kwargs = {"models": list(models), "cache_dir": a.cache_dir, "max_batch": a.max_batch, "policy": a.policy,
+    kwargs = {"models": list(models), "cache_dir": a.cache_dir, "max_batch": a.max_batch, "policy": policy,
+              "policy_options": dict(policy_options or {}),
               "max_queue": a.max_queue, "compile_cache_dir": a.compile_cache_dir, "slo_ms": a.slo_ms,
               "warm": a.warm}
     actor = {"num_cpus": 0, "num_gpus": a.replica_gpus} if a.replica_gpus else None
@@ -270,12 +284,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = sorted(set(a.slo_ms) - set(models))
         if unknown:
             raise ValueError(f"--slo-ms names model(s) not served: {unknown}")
+        policy, options = policy_from_spec(a.policy)
         if a.ray:
-            serve_ray(a, models, config)
+            serve_ray(a, models, config, policy, options)
             return 0
-        serve(a.host, a.port, models, a.policy, a.max_batch, a.compile_cache_dir, a.max_queue,
+        serve(a.host, a.port, models, policy, a.max_batch, a.compile_cache_dir, a.max_queue,
               cache_dir=a.cache_dir, slo_ms=a.slo_ms, warm=a.warm, config=config, log_level=a.log_level,
-              profiles=a.profile)
+              profiles=a.profile, policy_options=options)
     except StartupFailed as e:
         print(f"orloj serve: start-up failed: {e}", file=sys.stderr)
         return 1

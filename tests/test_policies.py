@@ -1150,3 +1150,24 @@ def test_orloj_probes_after_a_run_of_decisions_that_only_dropped():
         assert s.next_batch(0.0).batch is None
     with pytest.raises(ValueError, match="probe_after"):
         make_policy("orloj", probe_after=-1)
+
+
+def test_parse_policy_spec():
+    """`NAME[:KEY=VALUE+...]`: typed values; syntax errors are ValueErrors; make_policy
+    tells an unknown option from a bad value."""
+    from orloj_jax.policies import parse_policy_spec
+
+    assert parse_policy_spec("orloj") == ("orloj", {})
+    assert parse_policy_spec(" orloj: ") == ("orloj", {})
+    assert parse_policy_spec("orloj:drop_threshold=0.3+skip_riders=never+probe_after=none+one_tag_path=False+noise_quantiles=8") == (
+        "orloj", {"drop_threshold": 0.3, "skip_riders": "never", "probe_after": None, "one_tag_path": False,
+                  "noise_quantiles": 8})
+    for bad in (":x=1", "orloj:x", "orloj:=1", "orloj:a=1+a=2"):
+        with pytest.raises(ValueError, match="policy spec"):
+            parse_policy_spec(bad)
+    with pytest.raises(ValueError, match="bad options"):
+        make_policy("orloj", bogus=1)
+    with pytest.raises(ValueError, match="a bad value"):
+        make_policy("orloj", drop_threshold="high")
+    with pytest.raises(ValueError, match="drop_threshold"):
+        make_policy("orloj", drop_threshold=2.0)

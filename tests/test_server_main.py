@@ -48,6 +48,24 @@ def test_main_rejects_bad_arguments(argv, capsys):
     assert "orloj serve:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("policy", ["orloj:bogus=1", "orloj:drop_threshold=2", "orloj:drop_threshold=high",
+                                    "orloj:probe_after", "static:max_batch_size=4+max_batch_size=8"])
+def test_main_rejects_bad_policy_options_before_serving(policy, monkeypatch, capsys):
+    monkeypatch.setattr(smain, "serve", lambda *a, **kw: pytest.fail("a bad policy option reached serve"))
+    assert smain.main(["--models", "digits-ee", "--policy", policy]) == 2
+    assert "orloj serve:" in capsys.readouterr().err
+
+
+def test_main_passes_policy_options_to_serve(monkeypatch):
+    """`--policy NAME:KEY=VALUE+...` reaches `serve` as the name and typed options."""
+    got = {}
+    monkeypatch.setattr(smain, "serve", lambda *a, **kw: got.update(policy=a[3], options=kw["policy_options"]))
+    assert smain.main(["--models", "digits-ee", "--policy", "orloj:noise_quantiles=8+probe_after=none"]) == 0
+    assert got == {"policy": "orloj", "options": {"noise_quantiles": 8, "probe_after": None}}
+    assert smain.main(["--models", "digits-ee", "--policy", "static:max_batch_size=4"]) == 0
+    assert got == {"policy": "static", "options": {"max_batch_size": 4}}
+
+
 def test_zoo_factory_loads_with_capped_buckets(monkeypatch):
     from models import digits
 

@@ -8,9 +8,9 @@ runner, see `bench/runner.py`.)
 
 from __future__ import annotations
 
-from .base import POLICIES, Decision, Policy, make_policy, register
+from .base import POLICIES, Decision, Policy, make_policy, parse_policy_spec, register
 
-__all__ = ["POLICIES", "Decision", "Policy", "make_policy", "register", "policy_names"]
+__all__ = ["POLICIES", "Decision", "Policy", "make_policy", "parse_policy_spec", "register", "policy_names"]
 
 
 def _load_all() -> None:

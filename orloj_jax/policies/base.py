@@ -94,11 +94,50 @@ def make_policy(name: str, config: Any = None, **options: Any) -> Policy:
     cls = POLICIES.get(name)
     if cls is None:
         raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}")
+    fields = [f.name for f in dataclasses.fields(cls.Config)] if dataclasses.is_dataclass(cls.Config) else None
+    if fields is not None and any(k not in fields for k in options):
+        raise ValueError(f"policy {name!r}: bad options {sorted(options)}; allowed: {fields}")
     try:
         return cls(config, **options)
-    except TypeError as e:
-        fields = [f.name for f in dataclasses.fields(cls.Config)] if dataclasses.is_dataclass(cls.Config) else []
-        raise ValueError(f"policy {name!r}: bad options {sorted(options)}; allowed: {fields}") from e
+    except TypeError as e:  # e.g. a string where a number belongs, compared in the config's checks
+        if fields is None:
+            raise ValueError(f"policy {name!r}: bad options {sorted(options)}; allowed: none") from e
+        raise ValueError(f"policy {name!r}: a bad value in {options}: {e}") from e
+
+
+def parse_policy_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """A policy with config options, as the CLIs take it: ``NAME[:KEY=VALUE[+KEY=VALUE...]]``
+    (``orloj:noise_quantiles=8+probe_after=none``) -> (name, options). Values true / false /
+    none become bools / None, integers ints, other numbers floats, anything else a string.
+    Only the syntax is checked here: `make_policy` checks the name and options."""
+    name, _, opts = spec.strip().partition(":")
+    name = name.strip()
+    if not name:
+        raise ValueError(f"policy spec {spec!r}: no policy name")
+    options: dict[str, Any] = {}
+    for item in filter(None, (x.strip() for x in opts.split("+"))):
+        key, eq, val = item.partition("=")
+        key = key.strip()
+        if not key or not eq:
+            raise ValueError(f"policy spec {spec!r}: expected KEY=VALUE, got {item!r}")
+        if key in options:
+            raise ValueError(f"policy spec {spec!r}: {key!r} given twice")
+        options[key] = _option_value(val.strip())
+    return name, options
+
+
+def _option_value(val: str) -> Any:
+    low = val.lower()
+    if low in ("true", "false", "none"):
+        return {"true": True, "false": False, "none": None}[low]
+    try:
+        return int(val)
+    except ValueError:
+        pass
+    try:
+        return float(val)
+    except ValueError:
+        return val
 
 
 def expired(queue_reqs, now: float) -> list[tuple[Request, Outcome, str]]:
