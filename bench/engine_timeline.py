@@ -222,6 +222,9 @@ def timeline_row(rec: _Recorder, reqs: list[Request]) -> dict:
         "finish_rate": round(sum(o is Outcome.ON_TIME for o in outs) / n, 4),
         "late": sum(o is Outcome.LATE for o in outs), "dropped": sum(o is Outcome.DROPPED for o in outs),
         "batches": len(rec.batches), "mean_batch": round(float(np.mean(rec.sizes)), 3) if rec.batches else 0,
+        # orloj's probes (OrlojConfig.probe_after) and its runs at the idle threshold
+        "probes": sum(1 for b in rec.batches if b.info.get("probe")),
+        "idle_threshold_batches": sum(1 for b in rec.batches if "idle_threshold" in b.info),
         "decision_ms": _stats(dec),
         "decisions_idle": sum(1 for d in rec.decisions if d[4] == 0),
         "queued_at_decision": _stats([d[2] for d in rec.decisions if d[4]]),
@@ -347,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                         log(f"[timeline] {v} {pol} k={k}: finish {row['finish_rate']:.3f}, batch {row['mean_batch']:.2f}, "
                             f"dropped {row['dropped']}, decision {row['decision_ms'].get('mean', 0):.3f} ms, "
                             f"gap {row['gap_ms'].get('mean', 0):.3f} ms, device {row['device_ms'].get('mean', 0):.3f} ms, "
+                            f"probes {row['probes']}, idle-threshold batches {row['idle_threshold_batches']}, "
                             f"solo drift {row['solo_drift']}" + (f", live/alone {inf:.3f}" if inf else ""))
     finally:
         sys.setswitchinterval(switch0)

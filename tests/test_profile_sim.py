@@ -207,6 +207,9 @@ def test_engine_timeline_records_every_decision_batch_and_request(tmp_path):
         assert sum(q[3] == "on_time" for q in raw["requests"]) / 120 == pytest.approx(r["finish_rate"], abs=1e-4)
         assert sum(q[3] == "dropped" for q in raw["requests"]) == r["dropped"]
         assert sum(d[3] for d in raw["decisions"]) == r["dropped"]
+        assert 0 <= r["probes"] + r["idle_threshold_batches"] <= r["batches"]
+        if r["policy"] == "static":
+            assert r["probes"] == r["idle_threshold_batches"] == 0
     # orloj plans ahead: with the lead its decisions are asked at their batch's start
     assert rows[0]["lead_ms"] > 0 and rows[2]["lead_ms"] > 0
 
