@@ -1150,6 +1150,18 @@ def test_orloj_probes_after_a_run_of_decisions_that_only_dropped():
         assert s.next_batch(0.0).batch is None
     with pytest.raises(ValueError, match="probe_after"):
         make_policy("orloj", probe_after=-1)
+    # no probe that would cost a compile: nothing warm, nothing probed
+    lat = LatencyModel(LatencyConfig(grid_points=61))
+    lat.seed(M, "a", np.ones(20))
+    lat.seed_scaling(M, {1: 100.0, 2: 100.0})
+    s = Scheduler(make_policy("orloj", probe_after=0), [ModelSpec(M, (1, 2))], lat)
+    for i in range(3):
+        s.add(req("a", deadline=5.0 + i), 0.0)
+        assert s.next_batch(0.0).batch is None
+    s.latency.mark_warm(M, 2)
+    s.add(req("a", deadline=9.0), 0.0)
+    out = s.next_batch(0.0)
+    assert out.batch is not None and out.batch.batch_bucket == 2 and out.batch.info.get("probe") is True
 
 
 def test_parse_policy_spec():

@@ -419,15 +419,17 @@ class Orloj(Policy):
 
     def _probe(self, decision: Decision) -> Decision:
         """`probe_after`: run the request with the most slack of those `decision` drops as
-        unmeetable, alone at its model's smallest warm bucket (the smallest if none is
-        warm), and drop the others."""
+        unmeetable, alone at its model's smallest warm bucket, and drop the others. No
+        probe where no bucket of its shape is warm: a probe must not cost a compile."""
         cands = [r for r, _, why in decision.drops if why == "deadline_unmeetable"]
         if not cands:
             return decision
         r = max(cands, key=lambda x: x.deadline_ms)
         spec = self.models[r.model]
         lat = self.latency
-        bb = next((b for b in spec.batch_buckets if lat.is_warm(r.model, b, r.shape_bucket)), spec.batch_buckets[0])
+        bb = next((b for b in spec.batch_buckets if lat.is_warm(r.model, b, r.shape_bucket)), None)
+        if bb is None:
+            return decision
         self._dry = 0
         drops = [d for d in decision.drops if d[0] is not r]
         return Decision(r.model, [r], bb, r.shape_bucket, drops=drops, info={"probe": True})
