@@ -423,7 +423,8 @@ class LatencyModel:
         self.g_at(model, buckets, max_b, shape_bucket)
         for q in self._p_quantiles:
             for cid in cids:
-                self.p_sorted(cid, q)
+                if (cid, q) in self._psorted:  # only the noisy windows a policy has read
+                    self.p_sorted(cid, q)
 
     def _fresh_rows(self, grid: _ModelGrid, cids) -> None:
         """Recompute the rows of `cids` whose windows changed by ~3% since their last refresh."""

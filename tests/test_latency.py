@@ -314,3 +314,22 @@ def test_p_sorted_is_the_cdf_averaged_over_the_noise_quantiles():
         want = float(np.mean([d.cdf(t / e) for e in eps]))
         assert got == pytest.approx(want, abs=1e-12)
     assert lat.p_sorted(cid, 8) is arr  # cached until the window or the noise changes
+
+
+def test_refresh_rebuilds_only_the_noisy_windows_read_before():
+    """`refresh` (off the critical path) rebuilds a class's noisy window only if a policy
+    read it (`p_sorted`): another model's classes, judged without noise, get none."""
+    lat = LatencyModel()
+    rng = np.random.default_rng(1)
+    a = lat.seed(M, "a", rng.uniform(1.0, 3.0, 40))
+    b = lat.seed("other", "b", rng.uniform(1.0, 3.0, 40))
+    for m in (M, "other"):
+        for r in rng.lognormal(0.0, 0.3, 40):
+            lat.observe_batch(m, 2, float(r) * 3.0, 3.0)
+    first = lat.p_sorted(a, 8)
+    lat.observe(a, rng.uniform(1.0, 3.0, 40))
+    lat.refresh(M, [a], (1, 2), 2)
+    lat.refresh("other", [b], (1, 2), 2)
+    assert (b, 8) not in lat._psorted
+    assert lat._psorted[(a, 8)][2] is not first and lat._psorted[(a, 8)][2].size == 8 * lat.dists[a].n
+    assert lat.p_sorted(a, 8) is lat._psorted[(a, 8)][2]  # the refreshed one, not rebuilt
