@@ -35,6 +35,8 @@ batch through the GIL and the engine lock. Variants change the engine, not the p
 - `inline-switch`: both;
 - `nolead`: decisions judged at their own start, not at the batch's start
   (`SchedulerConfig.decision_lead=False`);
+- `frozen`: no live learning: the latency model keeps the offline profile it was
+  seeded with (`SchedulerConfig.learn=False`; compile state is still tracked);
 - `pipeline`: the JAX executor dispatches each next stage before reading the current
   one's exits, for every model (`JaxExecutor(pipeline=True, compact=False)`; by default
   it does so on a CPU for models that do not compact).
@@ -69,6 +71,7 @@ VARIANTS = {
     "switch": {"switch": SWITCH_S},
     "inline-switch": {"learn_late": False, "switch": SWITCH_S},
     "nolead": {"decision_lead": False},
+    "frozen": {"learn": False},  # the offline profile only: no live learning (SchedulerConfig.learn)
     "pipeline": {"pipeline": True},
 }
 
@@ -324,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
                         believed = beliefs(lat, model_spec)
                         eng = Engine(Scheduler(make_variant_policy(pol, spec), [model_spec], lat,
                                                SchedulerConfig(max_queue=1_000_000, learn_late=cfg.get("learn_late"),
-                                                               decision_lead=cfg.get("decision_lead", True))),
+                                                               decision_lead=cfg.get("decision_lead", True),
+                                                               learn=cfg.get("learn", True))),
                                      rec, owns_executor=False)
                         rec.engine = eng
                         rec.hook(eng)

@@ -89,12 +89,16 @@ step live-ab 150 "$PY" -m bench.live_ab --workload minilm-text --policies "orloj
 # where the live engine's time goes (decisions, gaps, learning, live vs isolated batches)
 step timeline 150 "$PY" -m bench.engine_timeline --workload minilm-text --variants default,pipeline "${TL[@]}" \
     --json "$RES/timeline-h200.json"
-# the same for digits-ee alone (1-3 ms SLOs: on a CPU orloj drops most of them, session 6)
-step timeline-digits 90 "$PY" -m bench.engine_timeline --workload digits-ee --variants default --slo-k 1.5,3 "${TL[@]}" \
+# the same for digits-ee alone (1-3 ms SLOs: on a CPU orloj drops most of them, session 6); session 8:
+# and with learning frozen at the offline profile (on a CPU the live solo estimates drift 1.0-2.8x)
+step timeline-digits 90 "$PY" -m bench.engine_timeline --workload digits-ee --variants default,frozen --slo-k 1.5,3 "${TL[@]}" \
     --json "$RES/timeline-digits-h200.json"
 # minilm and digits-ee on one device and one engine (issue 4's two-model acceptance)
 step two-models 120 "$PY" -m bench.two_models --mode engine "${TWO[@]}" --json "$RES/two-models-h200.json"
 step engine-overhead 150 "$PY" -m bench.engine_overhead --model minilm,digits-ee --pipeline both "${OVH[@]}"
+# session 8: minilm with learning frozen at the offline profile (does live learning cost orloj on the H200?)
+step timeline-frozen 120 "$PY" -m bench.engine_timeline --workload minilm-text --variants default,frozen \
+    --policies orloj "${TL[@]}" --json "$RES/timeline-frozen-h200.json"
 step profile-minilm 300 "$PY" -m bench.profile --model minilm --out "$RES/minilm-h200.json" "${PROF[@]}"
 step profile-digits 60 "$PY" -m bench.profile --model digits-ee --out "$RES/digits-ee-h200.json" "${PROF[@]}"
 # the same grid again, now from the persistent cache: compile_ms becomes the cache-load time

@@ -96,6 +96,13 @@ class SchedulerConfig:
     # is a fifth of a tight SLO's slack; a decision that starts no batch counts its own
     # duration). The simulator sets it to its `gap_ms`.
     decision_lead: bool = True
+    # Learn execution times from served batches (the classes' windows and g). False keeps
+    # the offline profile the latency model was seeded with (compile state is still
+    # tracked): a diagnostic for whether live learning helps a policy on a device
+    # (`bench.engine_timeline --variants frozen`; session 8: on this CPU the executor's
+    # live solo estimates drift 1.0-2.8x from warm-up, and a frozen orloj did best in the
+    # VM's fast phases).
+    learn: bool = True
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
@@ -379,11 +386,15 @@ class Scheduler:
                 # A member padded into a larger shape bucket ran (and was timed) at that shape.
                 cid = r.cls if r.shape_bucket == sb else lat.class_id(batch.model, r.tag, sb)
                 by_cls.setdefault(cid, []).append(s)
-        for cid, xs in by_cls.items():
-            lat.observe(cid, xs)
+        learn = self.config.learn
+        if learn:
+            for cid, xs in by_cls.items():
+                lat.observe(cid, xs)
         if result.compile_ms > 0:
             lat.observe_compile(batch.model, batch.batch_bucket, batch.shape_bucket, result.compile_ms)
         else:
             lat.mark_warm(batch.model, batch.batch_bucket, batch.shape_bucket)
-        lat.observe_batch(batch.model, batch.batch_bucket, result.device_ms - result.compile_ms, float(solo.max()), batch.shape_bucket)
+        if learn:
+            lat.observe_batch(batch.model, batch.batch_bucket, result.device_ms - result.compile_ms, float(solo.max()),
+                              batch.shape_bucket)
         return list(by_cls)

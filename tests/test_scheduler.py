@@ -339,3 +339,20 @@ def test_request_queue_orders_by_deadline_and_removes_any_subset():
     q.remove([rs[3]])
     assert len(q) == 0 and q.models() == [] and q.classes(M) == {}
     q.remove([])
+
+
+def test_scheduler_learn_false_keeps_the_seeded_model():
+    """`SchedulerConfig(learn=False)`: finished batches teach the latency model nothing
+    (windows and g stay as seeded) but compile state is still tracked. The batch ran
+    20 ms past its 30 ms compile with a 10 ms member: g(1) learns a ratio of 2."""
+    for learn in (True, False):
+        lat = LatencyModel()
+        lat.seed("m", "a", np.array([1.0, 2.0, 3.0]))
+        lat.seed_scaling("m", {1: 1.0, 2: 1.2})
+        s = Scheduler(make_policy("fifo"), [ModelSpec("m", (1, 2))], lat, SchedulerConfig(learn=learn))
+        s.add(Request("m", "a", 0.0, 1e9), 0.0)
+        out = s.next_batch(0.0)
+        s.on_done(out.batch, BatchResult(device_ms=50.0, solo_ms=np.array([10.0]), compile_ms=30.0), 50.0)
+        d = lat.dist("m", "a")
+        assert (d.n, lat.g("m", 1)) == ((4, pytest.approx((1.0 + 2.0) / 2)) if learn else (3, 1.0))
+        assert lat.is_warm("m", 1) and lat.compile_estimate_ms("m") == pytest.approx(30.0)
