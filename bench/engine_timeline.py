@@ -87,6 +87,23 @@ def make_variant_policy(name: str, spec=None):
     return make_policy(base, **{**(spec.policy_options.get(base, {}) if spec is not None else {}), **kw})
 
 
+def policy_list(p, text: str, at_least: int = 1, why: str = "") -> list[str]:
+    """The ';'-separated `--policies` of the A/B tools (`bench.live_ab`, `bench.noisy_device`):
+    distinct specs, each built once (`make_variant_policy`) so that a bad name or option is
+    a usage error from parser `p` before any set-up."""
+    policies = [x.strip() for x in text.split(";") if x.strip()]
+    if len(policies) < at_least:
+        p.error(f"--policies needs at least {at_least} {'policy' if at_least == 1 else 'policies'}{why}")
+    if len(set(policies)) < len(policies):
+        p.error(f"--policies lists a policy twice: {text}")
+    for pol in policies:
+        try:
+            make_variant_policy(pol)
+        except (KeyError, TypeError, ValueError) as e:
+            p.error(f"--policies: {pol}: {e}")
+    return policies
+
+
 @dataclass
 class LiveSource:
     """What a live run replays: a real model (`--workload`) or a profile's emulated device

@@ -103,20 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
-    policies = [x.strip() for x in a.policies.split(";") if x.strip()]
-    if len(policies) < 2:
-        p.error("--policies needs at least two policies (the last is the baseline)")
     if a.reps < 1 or a.requests < 1:
         p.error("--reps and --requests must be >= 1")
-    if len(set(policies)) < len(policies):
-        p.error(f"--policies lists a policy twice: {a.policies}")
-    from .engine_timeline import make_variant_policy
+    from .engine_timeline import policy_list
 
-    for pol in policies:  # refuse a bad name or option now, not after the set-up
-        try:
-            make_variant_policy(pol)
-        except (TypeError, ValueError) as e:
-            p.error(f"--policies: {pol}: {e}")
+    policies = policy_list(p, a.policies, 2, " (the last is the baseline)")
     try:
         ks = [float(x) for x in a.slo_k.split(",") if x.strip()]
     except ValueError:

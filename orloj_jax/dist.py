@@ -173,12 +173,7 @@ class EmpiricalDist:
 
     def quantile(self, q: np.ndarray | float) -> np.ndarray:
         """Inverse of the step CDF: the smallest sample x with F(x) >= q."""
-        s = self._need()
-        q = np.asarray(q, dtype=np.float64)
-        # The smallest i with i / n >= q. The tolerance absorbs float round-off in
-        # q * n (0.07 * 100 = 7.000000000000001), so quantile(cdf(x)) == x exactly.
-        idx = np.clip(np.ceil(q * s.size - 1e-9).astype(np.int64) - 1, 0, s.size - 1)
-        return s[idx]
+        return sorted_quantile(self._need(), q)
 
     def mean(self) -> float:
         self._need()
@@ -203,6 +198,16 @@ class EmpiricalDist:
         if self._n == 0:
             return "EmpiricalDist(n=0)"
         return f"EmpiricalDist(n={self._n}, mean={self.mean():.3g}, p99={float(self.quantile(0.99)):.3g})"
+
+
+def sorted_quantile(s: np.ndarray, q: np.ndarray | float) -> np.ndarray:
+    """The step-CDF quantile of the non-empty sorted samples `s`: the smallest x with
+    F(x) >= q (`EmpiricalDist.quantile`; also of `LatencyModel.p_sorted`'s windows)."""
+    q = np.asarray(q, dtype=np.float64)
+    # The smallest i with i / n >= q. The tolerance absorbs float round-off in
+    # q * n (0.07 * 100 = 7.000000000000001), so quantile(cdf(x)) == x exactly.
+    idx = np.clip(np.ceil(q * s.size - 1e-9).astype(np.int64) - 1, 0, s.size - 1)
+    return s[idx]
 
 
 def _positions_of(sorted_arr: np.ndarray, values: np.ndarray) -> np.ndarray:

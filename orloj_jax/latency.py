@@ -377,7 +377,7 @@ class LatencyModel:
             return s
         model, _, sb = self.class_keys[cid]
         self._p_quantiles.add(quantiles)
-        eps = self._scale(model, sb).noise(quantiles)
+        eps = self.noise(model, sb, quantiles)
         if eps is None or not s.size:
             return s
         key = (cid, quantiles)

@@ -37,6 +37,7 @@ from itertools import combinations
 
 import numpy as np
 
+from ..dist import sorted_quantile
 from ..latency import LOG_ZERO
 from ..request import Outcome, Request
 from .base import Decision, Policy, register
@@ -450,10 +451,7 @@ class Orloj(Policy):
         try:
             for cid, deadline in latest.items():
                 model, _, shape = keys[cid]
-                _, _, _, gb, gmin, comp, _, _, has_comp = self._context(model, shape, [cid])
-                q = self._threshold_quantile(cid)
-                smin = float((comp + gb * q).min()) if has_comp else gmin * q
-                if not deadline < now + smin:
+                if not deadline < now + self._drop_slack(self._context(model, shape, [cid]), cid):
                     return True
         finally:
             self._thr = self.config.drop_threshold
@@ -531,8 +529,8 @@ class Orloj(Policy):
             survivors: dict[int, list[Request]] = {}  # per shape, as _select's (pre-skip windows)
             for shape, cid, lst in own_groups:
                 ctx = ctxs[shape]
-                gb, gmin = ctx[3], ctx[4]
-                ndrop = _count_below(lst, now + gmin * self._threshold_quantile(cid))
+                gb = ctx[3]
+                ndrop = _count_below(lst, now + self._drop_slack(ctx, cid))
                 if ndrop:
                     drops.extend((r, Outcome.DROPPED, "deadline_unmeetable") for r in lst[:ndrop])
                 surv = lst[ndrop : ndrop + window]
@@ -822,14 +820,9 @@ class Orloj(Policy):
 
     def _prepare(self, queue, model, shape, cids, now, drops):
         lat = self.latency
-        spec, buckets, jmax, gb, gmin, comp, du, logF, has_comp = self._context(model, shape, cids)
-        # Per class, the slack below which even a lone run has P(on time) < threshold,
-        # exactly: F(u) >= thr iff u >= the thr-quantile of the class's samples.
-        if has_comp:
-            qthr = np.array([self._threshold_quantile(c) for c in cids])
-            smin = (comp[None, :] + gb[None, :] * qthr[:, None]).min(1).tolist()
-        else:  # all warm: g > 0 and q >= 0, so the cheapest lone run is at min g
-            smin = [gmin * self._threshold_quantile(c) for c in cids]
+        ctx = self._context(model, shape, cids)
+        spec, buckets, jmax, gb, gmin, comp, du, logF, has_comp = ctx
+        smin = [self._drop_slack(ctx, c) for c in cids]
         classes = queue.classes(model)
         keep, lists, cold_head = [], [], None
         for i, cid in enumerate(cids):
@@ -976,6 +969,17 @@ class Orloj(Policy):
             hit = self._weights[model] = (key, float(np.mean(means)) if means else 1.0)
         return hit[1]
 
+    def _drop_slack(self, ctx: tuple, cid: int) -> float:
+        """The slack below which the drop rule drops a request of class `cid` in the group
+        of context `ctx` (`_context`): even its lone run has P(on time) under the current
+        threshold. Exactly: F(u) >= thr iff u >= the class's thr-quantile q, and the
+        cheapest lone run costs min over buckets of compile + g q (all warm: min g x q).
+        `_prepare`, `_one_tag` and `_any_survives` all bisect against it."""
+        q = self._threshold_quantile(cid)
+        if ctx[8]:  # has_comp
+            return float((ctx[5] + ctx[3] * q).min())
+        return ctx[4] * q
+
     def _srt(self, model: str, cid: int) -> np.ndarray:
         """The sorted window that a member of class `cid` is judged on (its P(on time) and
         drops): the class's own, or with the batch-time noise (`noise_quantiles`,
@@ -995,18 +999,15 @@ class Orloj(Policy):
         cache = self._qthr_cache.setdefault(thr, {})
         d = lat.dists[cid]
         hit = cache.get(cid)
-        model = lat.class_keys[cid][0]
         q = self.config.noise_quantiles
-        eps = None
-        if q and self.models[model].answers_at_exit:
-            eps = lat.noise(model, lat.class_keys[cid][2], q)
+        eps = model = None
+        if q:  # off by default: no more work on the hot path than before
+            model, _, shape = lat.class_keys[cid]
+            if self.models[model].answers_at_exit:
+                eps = lat.noise(model, shape, q)
         # Refreshed like the CDF tables: once the window has changed by ~3%.
         if hit is None or d.total - hit[0] >= max(1, d.n >> 5) or hit[2] is not eps:
-            if eps is None:
-                val = float(d.quantile(thr))
-            else:  # EmpiricalDist.quantile on the noisy window
-                srt = self._srt(model, cid)
-                val = float(srt[min(max(math.ceil(thr * srt.size - 1e-9) - 1, 0), srt.size - 1)])
+            val = float(d.quantile(thr) if eps is None else sorted_quantile(self._srt(model, cid), thr))
             hit = cache[cid] = (d.total, val, eps)
         return hit[1]
 
