@@ -255,9 +255,18 @@ def test_engine_overhead_on_an_emulated_profile(tmp_path, capsys):
     r = engine_overhead.measure_profile(path, 60, "orloj:one_tag_path=false", 4)
     assert r["requests"] == 60 and r["batches"] >= 15 and r["mean_batch"] == pytest.approx(60 / r["batches"])
     assert r["ratio"] == pytest.approx(r["engine_rps"] / r["bare_rps"])
-    assert 0.0 < r["ratio"] <= 1.5
-    assert engine_overhead.main(["--profile", str(path), "--requests", "40", "--max-batch", "4", "--policy", "static"]) == 0
-    assert "emulated" in capsys.readouterr().out
+    assert 0.0 < r["ratio"] <= 1.5 and r["pairs"] == 1 and r["ratio_min"] == r["ratio"] == r["ratio_max"]
+    # several pairs: the median pair is reported, with the range of all of them
+    r = engine_overhead.measure_profile(path, 40, "static", 4, pairs=3)
+    assert r["pairs"] == 3 and r["ratio_min"] <= r["ratio"] <= r["ratio_max"] and r["batches"] >= 10
+    assert r["ratio"] == pytest.approx(r["engine_rps"] / r["bare_rps"])
+    assert engine_overhead.main(["--profile", str(path), "--requests", "40", "--max-batch", "4", "--policy", "static",
+                                 "--pairs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "emulated" in out and "(2) |" in out
+    with pytest.raises(SystemExit) as e:
+        engine_overhead.main(["--profile", str(path), "--pairs", "0"])
+    assert e.value.code == 2
 
 
 def test_noisy_device_stretches_each_batch_by_one_factor():
