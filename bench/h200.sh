@@ -55,7 +55,7 @@ if [[ ${QUICK:-0} == 1 ]]; then
     ENG=(--requests 60 --max-batch 2)
     TL=(--requests 60 --max-batch 2 --runs 1 --isolate 5)
     TWO=(--requests 20 --max-batch 2 --slo-k 1.5)
-    OVH=(--requests 40 --max-batch 2)
+    OVH=(--requests 40 --max-batch 2 --pairs 1)
     AB=(--requests 60 --max-batch 2 --reps 1)
 else
     PROF=(--reps 20 --inputs 300)
@@ -63,7 +63,7 @@ else
     ENG=(--requests 2000 --max-batch 8)
     TL=(--requests 2000 --max-batch 8 --runs 2 --isolate 20)
     TWO=(--requests 2000 --max-batch 8 --slo-k 1.5,3)
-    OVH=(--requests 2000 --max-batch 8)
+    OVH=(--requests 2000 --max-batch 8 --pairs 2)
     AB=(--requests 2000 --max-batch 8 --reps 3)
 fi
 
