@@ -103,18 +103,26 @@ def zoo_factory(
     *,
     cache_dir: str | os.PathLike[str] | None = None,
     max_batch: int = 8,
+    max_batch_per_model: Mapping[str, int] | None = None,
     **backend_options: Any,
 ) -> Callable[[], Backend]:
-    """A factory (for :func:`server.app.create_app`) loading the named zoo checkpoints."""
+    """A factory (for :func:`server.app.create_app`) loading the named zoo checkpoints.
+
+    Each model's batch buckets go up to ``max_batch``, or to its own entry in
+    ``max_batch_per_model`` (a tiny CNN may batch 64 where a transformer batches 8)."""
     names = list(dict.fromkeys(models))
     if not names:
         raise ValueError("no model to serve")
-    buckets = batch_buckets(max_batch)
+    own = dict(max_batch_per_model or {})
+    unknown = sorted(set(own) - set(names))
+    if unknown:
+        raise ValueError(f"max batch given for model(s) not served: {unknown}")
+    buckets = {n: batch_buckets(own.get(n, max_batch)) for n in names}
 
     def factory() -> Backend:
         from models import load_model
 
-        loaded = {n: load_model(n, cache_dir=cache_dir, batch_buckets=buckets) for n in names}
+        loaded = {n: load_model(n, cache_dir=cache_dir, batch_buckets=buckets[n]) for n in names}
         return build_backend(loaded, **backend_options)
 
     return factory
@@ -136,8 +144,11 @@ def serve(
     config: ServerConfig | None = None,
     log_level: str = "info",
     profiles: Sequence[str | os.PathLike[str]] = (),
+    max_batch_per_model: Mapping[str, int] | None = None,
 ) -> None:
     """Load the models, warm their shapes, serve until SIGTERM / SIGINT (uvicorn, uvloop, httptools).
+
+    ``max_batch`` caps every model's batch buckets unless ``max_batch_per_model`` names it.
 
     Returns after a graceful shutdown; raises :class:`server.lifecycle.StartupFailed` if
     start-up fails (a missing or corrupt checkpoint, a failed compile).
@@ -150,7 +161,8 @@ def serve(
         raise ValueError(f"unknown model(s) {unknown}; known: {', '.join(MODEL_NAMES)}")
     if policy not in policy_names():
         raise ValueError(f"unknown policy {policy!r}; known: {', '.join(policy_names())}")
-    factory = zoo_factory(models, cache_dir=cache_dir, max_batch=max_batch, policy=policy,
+    factory = zoo_factory(models, cache_dir=cache_dir, max_batch=max_batch, max_batch_per_model=max_batch_per_model,
+                          policy=policy,
                           policy_options=policy_options, max_queue=max_queue,
                           compile_cache_dir=compile_cache_dir, slo_ms=slo_ms, warm=warm, profiles=profiles)
     config = config or ServerConfig()
@@ -171,6 +183,34 @@ def _gc_threshold(s: str) -> int | None:
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'off', got {s!r}")
     return n
+
+
+def _max_batch_spec(text: str) -> tuple[int, dict[str, int]]:
+    """`--max-batch`: N for every model, MODEL=N for one, or both: `8,digits-ee=64` ->
+    (8, {"digits-ee": 64}); models not named get N (8 when no N is given)."""
+    default, own = None, {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, val = part.rpartition("=") if "=" in part else ("", "", part)
+        name = name.strip()
+        try:
+            n = int(val)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: {val.strip()!r} is not an integer") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{part!r}: a max batch must be >= 1")
+        if sep and not name:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected MODEL=N")
+        if not sep:
+            if default is not None:
+                raise argparse.ArgumentTypeError(f"{text!r}: more than one default max batch")
+            default = n
+        elif name in own:
+            raise argparse.ArgumentTypeError(f"{text!r}: {name!r} given twice")
+        else:
+            own[name] = n
+    if default is None and not own:
+        raise argparse.ArgumentTypeError("expected N, MODEL=N or N,MODEL=N,...")
+    return (8 if default is None else default), own
 
 
 def _slo_map(text: str) -> dict[str, float]:
@@ -197,7 +237,9 @@ def build_parser(prog: str = "orloj serve") -> argparse.ArgumentParser:
     p.add_argument("--policy", default="orloj", metavar="NAME[:KEY=VALUE+...]",
                    help="scheduling policy, with config options if any (e.g. orloj:noise_quantiles=8+probe_after=32; "
                    "docs/design.md); default orloj")
-    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-batch", type=_max_batch_spec, default=(8, {}), metavar="N[,MODEL=N...]",
+                   help="largest batch (its buckets: powers of two below it, then it), for every model or per "
+                   "model, e.g. 8,digits-ee=64 (default 8)")
     p.add_argument("--max-queue", type=int, default=10_000)
     p.add_argument("--compile-cache-dir", default=None, help="JAX persistent compilation cache")
     p.add_argument("--cache-dir", default=None, help="model checkpoint cache root")
@@ -262,7 +304,8 @@ def serve_ray(a: argparse.Namespace, models: Sequence[str], config: ServerConfig
             raise ValueError(f"--autoscale wants MIN,MAX with 1 <= MIN <= MAX, got {a.autoscale!r}")
     if a.replicas < 1:
         raise ValueError(f"--replicas must be >= 1, got {a.replicas}")
-    kwargs = {"models": list(models), "cache_dir": a.cache_dir, "max_batch": a.max_batch, "policy": policy,
+    kwargs = {"models": list(models), "cache_dir": a.cache_dir, "max_batch": a.max_batch[0],
+              "max_batch_per_model": a.max_batch[1], "policy": policy,
               "policy_options": dict(policy_options or {}),
               "max_queue": a.max_queue, "compile_cache_dir": a.compile_cache_dir, "slo_ms": a.slo_ms,
               "warm": a.warm}
@@ -284,13 +327,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = sorted(set(a.slo_ms) - set(models))
         if unknown:
             raise ValueError(f"--slo-ms names model(s) not served: {unknown}")
+        unknown = sorted(set(a.max_batch[1]) - set(models))
+        if unknown:
+            raise ValueError(f"--max-batch names model(s) not served: {unknown}")
         policy, options = policy_from_spec(a.policy)
         if a.ray:
             serve_ray(a, models, config, policy, options)
             return 0
-        serve(a.host, a.port, models, policy, a.max_batch, a.compile_cache_dir, a.max_queue,
+        serve(a.host, a.port, models, policy, a.max_batch[0], a.compile_cache_dir, a.max_queue,
               cache_dir=a.cache_dir, slo_ms=a.slo_ms, warm=a.warm, config=config, log_level=a.log_level,
-              profiles=a.profile, policy_options=options)
+              profiles=a.profile, policy_options=options, max_batch_per_model=a.max_batch[1])
     except StartupFailed as e:
         print(f"orloj serve: start-up failed: {e}", file=sys.stderr)
         return 1

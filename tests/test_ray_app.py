@@ -220,9 +220,10 @@ def test_orloj_serve_ray_builds_the_app_from_flags(monkeypatch):
     seen = {}
     monkeypatch.setattr(ray_app, "run_local", lambda factory, kwargs, **kw: seen.update(factory=factory, kwargs=kwargs, **kw))
     assert main(["--ray", "--models", "digits-ee", "--replicas", "3", "--autoscale", "2,5", "--port", "8123",
-                 "--max-batch", "4"]) == 0
+                 "--max-batch", "4,digits-ee=16"]) == 0
     assert seen["factory"] == "server.main:zoo_backend"
     assert seen["kwargs"]["models"] == ["digits-ee"] and seen["kwargs"]["max_batch"] == 4
+    assert seen["kwargs"]["max_batch_per_model"] == {"digits-ee": 16}
     assert (seen["replicas"], seen["autoscale"], seen["port"]) == (3, (2, 5), 8123)
     assert main(["--ray", "--models", "digits-ee", "--autoscale", "5,2"]) == 2
     assert main(["--ray", "--models", "nope"]) == 2

@@ -25,6 +25,31 @@ def test_slo_map():
             smain._slo_map(bad)
 
 
+def test_max_batch_spec():
+    """`--max-batch`: one N for every model, MODEL=N per model, or a default and overrides."""
+    assert smain._max_batch_spec("16") == (16, {})
+    assert smain._max_batch_spec("8, digits-ee=64") == (8, {"digits-ee": 64})
+    assert smain._max_batch_spec("digits-ee=32,minilm=4") == (8, {"digits-ee": 32, "minilm": 4})
+    for bad in ("", "0", "eight", "digits-ee=0", "digits-ee=", "=4", "8,16", "minilm=4,minilm=8", "minilm=4.5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            smain._max_batch_spec(bad)
+    assert smain.build_parser().parse_args(["--max-batch", "4,digits-ee=64"]).max_batch == (4, {"digits-ee": 64})
+
+
+def test_main_passes_per_model_max_batch_to_serve(monkeypatch, capsys):
+    got = {}
+    monkeypatch.setattr(smain, "serve", lambda *a, **kw: got.update(max_batch=a[4], own=kw["max_batch_per_model"]))
+    assert smain.main(["--models", "digits-ee,minilm", "--max-batch", "4,digits-ee=64"]) == 0
+    assert got == {"max_batch": 4, "own": {"digits-ee": 64}}
+    # a model that is not served, or a bad value: exit 2 before anything loads
+    monkeypatch.setattr(smain, "serve", lambda *a, **kw: pytest.fail("a bad --max-batch reached serve"))
+    assert smain.main(["--models", "digits-ee", "--max-batch", "minilm=16"]) == 2
+    assert "--max-batch names model(s) not served: ['minilm']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        smain.main(["--models", "digits-ee", "--max-batch", "digits-ee=0"])
+    assert e.value.code == 2
+
+
 def test_gc_threshold_flag():
     p = smain.build_parser()
     assert p.parse_args([]).gc_threshold == 20_000
@@ -37,7 +62,7 @@ def test_gc_threshold_flag():
 
 def test_parser_defaults_bind_loopback():
     a = smain.build_parser().parse_args([])
-    assert a.host == "127.0.0.1" and a.port == 8000 and a.policy == "orloj" and a.max_batch == 8
+    assert a.host == "127.0.0.1" and a.port == 8000 and a.policy == "orloj" and a.max_batch == (8, {})
     assert a.models == "minilm,digits-ee,digits-static" and a.warm == "all"
 
 
@@ -88,6 +113,32 @@ def test_zoo_factory_loads_with_capped_buckets(monkeypatch):
         assert backend.warm_shapes == {"digits-ee": [(1, 8)]} and backend.policy == "fifo"
         assert backend.scheduler.models["digits-ee"].batch_buckets == (1, 2, 4)
         backend.validate()
+    finally:
+        backend.executor.close()
+
+
+def test_zoo_factory_per_model_max_batch(monkeypatch):
+    """`max_batch_per_model` gives a model its own buckets; the others keep `max_batch`'s;
+    naming a model that is not served is refused before anything loads."""
+    from models import digits
+
+    calls = {}
+
+    def fake_load(name, cache_dir=None, **over):
+        calls[name] = over["batch_buckets"]
+        cfg = digits.DigitsConfig(variant="ee" if name == "digits-ee" else "static", **over)
+        return digits.DigitsModel(cfg, digits.init_params(cfg), name=name)
+
+    monkeypatch.setattr("models.load_model", fake_load)
+    with pytest.raises(ValueError, match="not served"):
+        smain.zoo_factory(["digits-ee"], max_batch_per_model={"minilm": 4})
+    assert not calls
+    backend = smain.zoo_factory(["digits-ee", "digits-static"], max_batch=4, max_batch_per_model={"digits-ee": 32},
+                                policy="fifo", warm="none")()
+    try:
+        assert calls == {"digits-ee": (1, 2, 4, 8, 16, 32), "digits-static": (1, 2, 4)}
+        assert backend.scheduler.models["digits-ee"].batch_buckets == (1, 2, 4, 8, 16, 32)
+        assert backend.scheduler.models["digits-static"].max_batch == 4
     finally:
         backend.executor.close()
 
