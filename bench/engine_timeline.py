@@ -40,6 +40,11 @@ batch through the GIL and the engine lock. Variants change the engine, not the p
 - `pipeline`: the JAX executor dispatches each next stage before reading the current
   one's exits, for every model (`JaxExecutor(pipeline=True, compact=False)`; by default
   it does so on a CPU for models that do not compact).
+
+`--calibrate` adds, per run, whether the latency model's P(on time) was right: for the
+members that ran, binned by the P it gave them when their batch was decided, the mean
+P and the fraction on time (under static, which drops nothing, the low bins show what
+the requests orloj would have dropped did).
 """
 
 from __future__ import annotations
@@ -153,10 +158,15 @@ def _ms() -> float:
 
 
 class _Recorder(TimedBatchLog):
-    """TimedBatchLog that keeps each batch's result, and hooks the scheduler and engine."""
+    """TimedBatchLog that keeps each batch's result, and hooks the scheduler and engine.
 
-    def __init__(self, inner):
+    With `calibrate`, each batch's members are also kept with what the latency model
+    said of them when the batch was decided (`member_chances`): orloj's P(on time)."""
+
+    def __init__(self, inner, calibrate: bool = False):
         super().__init__(inner)
+        self.calibrate = calibrate
+        self.chances: list = []  # per batch: member_chances(...)
         self.results: list = []
         self.decisions: list[tuple[float, float, int, int, int]] = []  # t0, t1, queued, dropped, batch size
         self.learns: list[tuple[float, float, bool]] = []  # t0, t1, while a batch ran
@@ -179,9 +189,12 @@ class _Recorder(TimedBatchLog):
         def next_batch(now):
             t0 = _ms()
             q = len(sched.queue)
+            at = now + (sched.lead_ms if sched.config.decision_lead else 0.0)  # as orloj is asked
             out = nb(now)
             dropped = sum(1 for r in out.finished if r.outcome is Outcome.DROPPED)
             self.decisions.append((t0, _ms(), q, dropped, len(out.batch) if out.batch is not None else 0))
+            if self.calibrate and out.batch is not None:
+                self.chances.append(member_chances(sched, out.batch, at))
             return out
 
         def learn_(*a, **kw):
@@ -203,6 +216,60 @@ class _Recorder(TimedBatchLog):
                     self.answers.append(_ms() - t0)
 
             self.inner.on_exit = on_exit
+
+
+def member_chances(sched, batch, at: float) -> tuple:
+    """What the scheduler's latency model (orloj's view, whatever the policy) says of each
+    member of `batch`, decided for time `at`: (own exit, [(request, slack less the compile
+    cost, its class's sorted window at the run shape)], g at the bucket). The windows are
+    the model's arrays of that moment (replaced, never changed, when it learns), so the
+    chances can be computed after the run (`calibration`) without slowing the decision."""
+    lat, spec = sched.latency, sched.models[batch.model]
+    sb, bb = batch.shape_bucket, batch.batch_bucket
+    # the window orloj judges a class on (with its batch-time noise, if configured)
+    window = getattr(sched.policy, "_srt", None) or (lambda model, cid: lat.dists[cid].sorted())
+    g = float(lat.g_at(batch.model, spec.batch_buckets, spec.max_batch, sb)[spec.batch_buckets.index(bb)])
+    comp = lat.compile_cost(batch.model, bb, sb)
+    members = []
+    for r in batch.requests:
+        cid = r.cls if r.shape_bucket == sb else lat.find_class(batch.model, r.tag, sb)
+        if cid is None or lat.is_cold(cid):
+            continue
+        members.append((r, r.deadline_ms - at - comp, window(batch.model, cid)))
+    return spec.answers_at_exit, members, g
+
+
+#: P(on time) bins of `calibration`
+CALIBRATION_BINS = ((0.0, 0.3), (0.3, 0.5), (0.5, 0.7), (0.7, 0.9), (0.9, 0.99), (0.99, 1.0))
+
+
+def calibration(chances: list) -> list[dict]:
+    """Is the latency model's P(on time) right? For the members that ran (on time or
+    late; failed batches left out), per bin of predicted P: how many, the mean predicted
+    P and the fraction on time. P = F(slack / g) for a member answered at its own exit,
+    else the product over members m of F_m(slack / g) (the batch ends when its slowest
+    member does). A policy that drops on P is as right as this table: under static
+    (which drops nothing) the low bins say what the requests orloj would drop did."""
+    ps, ok = [], []
+    for own, members, g in chances:
+        if not members:
+            continue
+        cdf = lambda srt, u: float(np.searchsorted(srt, u, "right")) / srt.size  # noqa: E731
+        for r, slack, srt in members:
+            if r.outcome not in (Outcome.ON_TIME, Outcome.LATE):
+                continue
+            u = slack / g
+            p = cdf(srt, u) if own else float(np.prod([cdf(s, u) for _, _, s in members]))
+            ps.append(p)
+            ok.append(r.outcome is Outcome.ON_TIME)
+    ps, ok = np.asarray(ps), np.asarray(ok, dtype=bool)
+    out = []
+    for i, (lo, hi) in enumerate(CALIBRATION_BINS):
+        m = (ps >= lo) & ((ps < hi) if i < len(CALIBRATION_BINS) - 1 else (ps <= hi))
+        if m.any():
+            out.append({"p": [lo, hi], "n": int(m.sum()), "predicted": round(float(ps[m].mean()), 4),
+                        "on_time": round(float(ok[m].mean()), 4)})
+    return out
 
 
 def _stats(xs) -> dict:
@@ -311,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--json", type=Path)
     p.add_argument("--raw", action="store_true", help="also write every decision, batch and request to the JSON")
+    p.add_argument("--calibrate", action="store_true",
+                   help="also tabulate the latency model's P(on time) for each run member against its outcome")
     a = p.parse_args(argv)
     policies = [x.strip() for x in a.policies.split(",") if x.strip()]
     a.policies = ",".join(dict.fromkeys(x.partition(":")[0] for x in policies))  # validated by name
@@ -339,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                 for k in spec.slo_ks:
                     for pol in policies:
                         slo = k * base_ms
-                        rec = _Recorder(executor)
+                        rec = _Recorder(executor, calibrate=a.calibrate)
                         lat = latency()
                         believed = beliefs(lat, model_spec)
                         eng = Engine(Scheduler(make_variant_policy(pol, spec), [model_spec], lat,
@@ -363,6 +432,11 @@ def main(argv: list[str] | None = None) -> int:
                         row["solo_drift"] = drift(row["belief"]["start"], row["belief"]["end"])
                         if a.raw:
                             row["raw"] = raw_timeline(rec, reqs)
+                        if a.calibrate:
+                            row["calibration"] = calibration(rec.chances)
+                            log(f"[timeline] {v} {pol} k={k} P(on time) predicted -> on time: " + "; ".join(
+                                f"[{c['p'][0]:g},{c['p'][1]:g}) n={c['n']} {c['predicted']:.2f}->{c['on_time']:.2f}"
+                                for c in row["calibration"]))
                         if a.workload and a.isolate:
                             row["inflation"] = _isolated(executor, rec.batches, rec.results, a.isolate, rng)
                         sys.setswitchinterval(cfg.get("switch") or switch0)

@@ -122,6 +122,7 @@ class Batch:
     predicted_ms: float | None = None  # expected device time, compile included
     cold: bool = False  # the executable is not compiled yet
     info: dict = field(default_factory=dict)
+    run_start_ms: float | None = None  # when the device began it: set by `Scheduler.finish`
     id: int = field(default_factory=lambda: next(_batch_ids))
 
     def __len__(self) -> int:
@@ -333,6 +334,7 @@ class Scheduler:
         """
         assert batch is self.running, "finish for a batch that is not running"
         self.running = None
+        batch.run_start_ms = now - result.device_ms
         reqs = batch.requests
         if result.error is not None:
             for r in reqs:
@@ -397,4 +399,10 @@ class Scheduler:
         if learn:
             lat.observe_batch(batch.model, batch.batch_bucket, result.device_ms - result.compile_ms, float(solo.max()),
                               batch.shape_bucket)
+            if (result.finish_ms is not None and batch.run_start_ms is not None and not result.compile_ms
+                    and self.models[batch.model].answers_at_exit):
+                # each member's own ratio: its finish offset from the run's start over its solo time
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratios = (np.asarray(result.finish_ms, dtype=np.float64) - batch.run_start_ms) / solo
+                lat.observe_members(batch.model, batch.batch_bucket, ratios, batch.shape_bucket)
         return list(by_cls)

@@ -214,6 +214,48 @@ def test_engine_timeline_records_every_decision_batch_and_request(tmp_path):
     assert rows[0]["lead_ms"] > 0 and rows[2]["lead_ms"] > 0
 
 
+def test_engine_timeline_calibration_bins_p_against_outcomes(tmp_path):
+    """`calibration`: per P bin, the members that ran, their mean P and the fraction on
+    time; P = F(slack / g) for members answered at their exit, else the product of the
+    members' F (the batch ends with its slowest); dropped or failed members are left
+    out. Then `--calibrate` adds the table to every row of a live run."""
+    from bench.engine_timeline import calibration
+    from orloj_jax.request import Outcome, Request
+
+    srt = np.array([1.0, 2.0, 3.0, 4.0])  # F(u) = #(x <= u) / 4
+
+    def member(slack, outcome):
+        r = Request("m", "t", 0.0, slack)
+        r.finish(outcome, 0.0)
+        return r, slack, srt
+
+    own = [(True, [member(2.0, Outcome.ON_TIME), member(2.0, Outcome.LATE), member(8.0, Outcome.ON_TIME),
+                   member(0.5, Outcome.DROPPED)], 1.0)]  # F(2) = 0.5, 0.5; F(8) = 1; the drop is left out
+    assert calibration(own) == [
+        {"p": [0.5, 0.7], "n": 2, "predicted": 0.5, "on_time": 0.5},
+        {"p": [0.99, 1.0], "n": 1, "predicted": 1.0, "on_time": 1.0}]
+    # answered at the batch's end: u = 4 / 2 = 2 for both; P = F(2) x F(2) = 0.25 each
+    both = [(False, [member(4.0, Outcome.ON_TIME), member(4.0, Outcome.ON_TIME)], 2.0)]
+    assert calibration(both) == [{"p": [0.0, 0.3], "n": 2, "predicted": 0.25, "on_time": 1.0}]
+    assert calibration([]) == [] and calibration([(True, [], 1.0)]) == []
+
+    from bench import engine_timeline
+
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(make_profile(80)))
+    out = tmp_path / "t.json"
+    assert engine_timeline.main(["--profile", str(path), "--requests", "100", "--max-batch", "4", "--slo-k", "2",
+                                 "--variants", "default", "--policies", "orloj,static", "--calibrate",
+                                 "--json", str(out)]) == 0
+    for r in json.loads(out.read_text())["rows"]:
+        cal = r["calibration"]
+        ran = 100 - r["dropped"]
+        # each member that ran at most once (not those padded into a shape without a measured class)
+        assert 0 < sum(c["n"] for c in cal) <= ran
+        assert sum(c["n"] * c["on_time"] for c in cal) <= r["finish_rate"] * 100 + 0.01
+        assert all(c["p"][0] <= c["predicted"] <= c["p"][1] for c in cal)
+
+
 def test_live_ab_on_an_emulated_profile(tmp_path):
     """bench.live_ab --profile: every policy (options included) runs once per repetition
     on the emulated device, each difference is paired with the baseline's run of that
