@@ -83,8 +83,9 @@ step engine-mode 120 "$PY" -m bench.cli bench --mode engine --workload minilm-te
     --slo-k 1,1.5 "${ENG[@]}" --json "$RES/engine-minilm-h200.json"
 # session 7: orloj with its direct decision path, with the general path, and static,
 # interleaved on one trace (paired differences; the emulated H200 gave +0.03-0.05 for the path);
-# session 8: and orloj judging P with the measured batch-time noise (opt-in; emulated: -0.006 / +0.002)
-step live-ab 150 "$PY" -m bench.live_ab --workload minilm-text --policies "orloj;orloj:one_tag_path=false;orloj:noise_quantiles=8;static" \
+# session 9: and orloj judging members on their completion windows (opt-in; emulated H200 -0.035 / -0.022,
+# digits-ee on this CPU +0.03-0.23 at k = 3; worth it where the timeline's --calibrate finds P too low)
+step live-ab 150 "$PY" -m bench.live_ab --workload minilm-text --policies "orloj;orloj:one_tag_path=false;orloj:completion_windows=true;static" \
     --slo-k 1,1.5 --arrival bursty "${AB[@]}" --json "$RES/live_ab-minilm-h200.json"
 # where the live engine's time goes (decisions, gaps, learning, live vs isolated batches); session 9:
 # --calibrate: was the latency model's P(on time) right? (on this CPU, under static, digits-ee

@@ -250,6 +250,9 @@ class LatencyModel:
         self._compile: dict[str, EmpiricalDist] = {}
         # (class, quantiles) -> (sorted window, noise, noisy sorted window): `p_sorted`
         self._psorted: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        # per (class, batch bucket): members' completion offsets from their run's start, for
+        # classes of models that answer members at their exit (`observe_completions`)
+        self._done: dict[tuple[int, int], EmpiricalDist] = {}
         self._p_quantiles: set[int] = set()  # the quantile counts asked for (`refresh`)
 
     # -- classes ---------------------------------------------------------
@@ -296,6 +299,29 @@ class LatencyModel:
         if max_solo_ms <= 0 or not np.isfinite(batch_ms):
             return
         self._scale(model, shape_bucket).add(batch_bucket, batch_ms / max_solo_ms, self.config.g_window)
+
+    def observe_completions(self, cid: int, batch_bucket: int, offsets) -> None:
+        """Members of class `cid` (at the shape they ran at) answered at their own exit, in a
+        batch of bucket `batch_bucket`: each one's finish offset from the run's start."""
+        ok = [float(x) for x in offsets if np.isfinite(x) and x >= 0]
+        if not ok:
+            return
+        key = (cid, int(batch_bucket))
+        d = self._done.get(key)
+        if d is None:
+            d = self._done[key] = EmpiricalDist(window=self.config.window, max_lag=self.config.learn_lag)
+        d.extend(ok)
+
+    def completion(self, cid: int, batch_bucket: int) -> np.ndarray | None:
+        """The sorted window of class `cid`'s completion offsets at `batch_bucket`
+        (`observe_completions`), or None while it has fewer than `min_samples`: P(on time)
+        of such a member in such a batch is then its empirical CDF at the slack, which
+        knows what g x the class's solo times cannot (an early exiter's own, lower ratio).
+        The same array object until new samples merge: treat it as read-only."""
+        d = self._done.get((cid, int(batch_bucket)))
+        if d is None or d.n < self.config.min_samples:
+            return None
+        return d.sorted()
 
     def observe_members(self, model: str, batch_bucket: int, ratios, shape_bucket: int = 0) -> None:
         """Members answered at their own exit: each one's finish offset from the run's start

@@ -401,8 +401,18 @@ class Scheduler:
                               batch.shape_bucket)
             if (result.finish_ms is not None and batch.run_start_ms is not None and not result.compile_ms
                     and self.models[batch.model].answers_at_exit):
-                # each member's own ratio: its finish offset from the run's start over its solo time
+                # each member's own ratio (its finish offset from the run's start over its solo
+                # time) and, per class at the run shape, the offsets themselves
+                offsets = np.asarray(result.finish_ms, dtype=np.float64) - batch.run_start_ms
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    ratios = (np.asarray(result.finish_ms, dtype=np.float64) - batch.run_start_ms) / solo
-                lat.observe_members(batch.model, batch.batch_bucket, ratios, batch.shape_bucket)
+                    lat.observe_members(batch.model, batch.batch_bucket, offsets / solo, batch.shape_bucket)
+                if len(by_cls) == 1:
+                    lat.observe_completions(next(iter(by_cls)), batch.batch_bucket, offsets.tolist())
+                else:
+                    per: dict[int, list[float]] = {}
+                    for r, off in zip(reqs, offsets.tolist(), strict=True):
+                        cid = r.cls if r.shape_bucket == sb else lat.class_id(batch.model, r.tag, sb)
+                        per.setdefault(cid, []).append(off)
+                    for cid, offs in per.items():
+                        lat.observe_completions(cid, batch.batch_bucket, offs)
         return list(by_cls)

@@ -363,7 +363,7 @@ def test_members_answered_at_their_exit_teach_their_own_ratios():
     finish offset from the run's start (`finish` time less device time) over its solo
     time (`LatencyModel.observe_members`); another model, a batch with a compile, or
     `learn=False` learns none. The batch started at 1, ran 10 ms (run start 1), members
-    with solo 2 and 4 finished at 5 and 11: ratios 2 and 2.5."""
+    with solo 2 and 4 finished at 5 and 11: ratios 2 and 2.5, offsets 4 and 10."""
     for own, compile_ms, learn, expect in ((True, 0.0, True, [2.0, 2.5]), (False, 0.0, True, None),
                                            (True, 3.0, True, None), (True, 0.0, False, None)):
         lat = LatencyModel()
@@ -378,3 +378,6 @@ def test_members_answered_at_their_exit_teach_their_own_ratios():
         assert batch.run_start_ms == pytest.approx(1.0)
         got = lat._scale(M, 0).members.get(2)
         assert (None if got is None else list(got)) == (None if expect is None else pytest.approx(expect))
+        # and the offsets themselves, per class and bucket (`completion_windows`): 4 and 10
+        done = lat._done.get((a.cls, 2))
+        assert (None if done is None else done.samples().tolist()) == (None if expect is None else [4.0, 10.0])
