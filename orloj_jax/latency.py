@@ -62,6 +62,9 @@ class LatencyConfig:
 #: profile's copies as the window (`LatencyConfig.g_window`, 256) fills.
 PROFILE_G_WEIGHT = 8
 
+#: a completion window (`LatencyModel.completion`) is used once it holds this many offsets
+COMPLETION_MIN_SAMPLES = 32
+
 #: batch-time noise (`_Scaling.noise`): a spread this small is none (a deterministic
 #: device, e.g. the simulator's, whose ratios differ from their mean only by round-off)
 NOISE_TOL = 1e-9
@@ -319,7 +322,7 @@ class LatencyModel:
         knows what g x the class's solo times cannot (an early exiter's own, lower ratio).
         The same array object until new samples merge: treat it as read-only."""
         d = self._done.get((cid, int(batch_bucket)))
-        if d is None or d.n < self.config.min_samples:
+        if d is None or d.n < COMPLETION_MIN_SAMPLES:
             return None
         return d.sorted()
 

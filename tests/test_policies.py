@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import orloj_jax.policies.orloj as orloj_mod
-from orloj_jax.latency import LatencyConfig, LatencyModel
+from orloj_jax.latency import COMPLETION_MIN_SAMPLES, LatencyConfig, LatencyModel
 from orloj_jax.policies import make_policy, policy_names
 from orloj_jax.policies.static import StaticConfig
 from orloj_jax.request import Outcome, Request
@@ -942,7 +942,7 @@ def _completions(lat: LatencyModel, model: str, cids, buckets, rng) -> None:
         for cid in cids:
             for b in buckets:
                 if rng.random() < 0.6:
-                    n = int(rng.integers(2, 40))  # below min_samples (3) sometimes: no window yet
+                    n = int(rng.integers(20, 60))  # below COMPLETION_MIN_SAMPLES (32) sometimes: no window yet
                     lat.observe_completions(cid, b, rng.lognormal(math.log(4.0 + b), 0.5, n).tolist())
 
 
@@ -1208,7 +1208,8 @@ def test_orloj_completion_windows_judge_members_answered_at_their_exit(one_tag_p
     """`completion_windows`: a member answered at its exit is judged at bucket B on its
     class's completion offsets measured at B, not on g(B) x its solo times. Solo times
     are all 5 ms and g is 2 everywhere: alone, a request needs 10 ms of slack, and one
-    with 8 is dropped (at the idle threshold too). Completions at bucket 1 took 6 ms:
+    with 8 is dropped (at the idle threshold too). Completions at bucket 1 took 6 ms
+    (a window once it holds COMPLETION_MIN_SAMPLES; bucket 4's, one short, is not used):
     with the option on it runs, alone at bucket 1, and is expected on time (CDF 1 at 8);
     with 5.5 ms of slack (P = 0 there too) it is dropped either way."""
     spec = ModelSpec(M, (1, 2, 4, 8), answers_at_exit=True)
@@ -1218,9 +1219,9 @@ def test_orloj_completion_windows_judge_members_answered_at_their_exit(one_tag_p
         lat.seed_scaling(M, {b: 2.0 for b in (1, 2, 4, 8)}, weight=8)
         lat.mark_all_warm(M)
         cid = lat.class_id(M, "a")
-        lat.observe_completions(cid, 1, [6.0] * 10)
-        lat.observe_completions(cid, 4, [1.0, 2.0])  # fewer than min_samples: no window at 4
-        assert lat.completion(cid, 4) is None and lat.completion(cid, 1).tolist() == [6.0] * 10
+        lat.observe_completions(cid, 1, [6.0] * COMPLETION_MIN_SAMPLES)
+        lat.observe_completions(cid, 4, [1.0] * (COMPLETION_MIN_SAMPLES - 1))  # one short: no window at 4
+        assert lat.completion(cid, 4) is None and lat.completion(cid, 1).tolist() == [6.0] * COMPLETION_MIN_SAMPLES
         s = Scheduler(make_policy("orloj", completion_windows=on, one_tag_path=one_tag_path), [spec], lat)
         r = req("a", deadline=slack)
         s.add(r, 0.0)
