@@ -188,7 +188,7 @@ class _Scaling:
         member at its exit), the noise is theirs, each over g of its bucket: a member's
         completion is g(B) x noise x its own solo time. On digits-ee live (session 9) the
         members finished at a median 0.72-0.83 x g x solo, so a P judged on g alone was
-        pessimistic: requests it put under 0.3 finished on time 20-35% of the time."""
+        pessimistic: requests it put under 0.3 finished on time 13-48% of the time."""
         hit = self._noise.get(quantiles)
         members = self.members
         added = self._madded if members else self._added
@@ -256,6 +256,10 @@ class LatencyModel:
         # per (class, batch bucket): members' completion offsets from their run's start, for
         # classes of models that answer members at their exit (`observe_completions`)
         self._done: dict[tuple[int, int], EmpiricalDist] = {}
+        #: learn what members answered at their exit did (`observe_members`,
+        #: `observe_completions`): set by a policy that reads it (orloj with
+        #: `noise_quantiles` or `completion_windows`), so that no other pays for it per batch
+        self.track_exits = False
         self._p_quantiles: set[int] = set()  # the quantile counts asked for (`refresh`)
 
     # -- classes ---------------------------------------------------------
@@ -317,7 +321,7 @@ class LatencyModel:
 
     def completion(self, cid: int, batch_bucket: int) -> np.ndarray | None:
         """The sorted window of class `cid`'s completion offsets at `batch_bucket`
-        (`observe_completions`), or None while it has fewer than `min_samples`: P(on time)
+        (`observe_completions`), or None while it has fewer than COMPLETION_MIN_SAMPLES: P(on time)
         of such a member in such a batch is then its empirical CDF at the slack, which
         knows what g x the class's solo times cannot (an early exiter's own, lower ratio).
         The same array object until new samples merge: treat it as read-only."""

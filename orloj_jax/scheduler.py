@@ -399,8 +399,8 @@ class Scheduler:
         if learn:
             lat.observe_batch(batch.model, batch.batch_bucket, result.device_ms - result.compile_ms, float(solo.max()),
                               batch.shape_bucket)
-            if (result.finish_ms is not None and batch.run_start_ms is not None and not result.compile_ms
-                    and self.models[batch.model].answers_at_exit):
+            if (lat.track_exits and result.finish_ms is not None and batch.run_start_ms is not None
+                    and not result.compile_ms and self.models[batch.model].answers_at_exit):
                 # each member's own ratio (its finish offset from the run's start over its solo
                 # time) and, per class at the run shape, the offsets themselves
                 offsets = np.asarray(result.finish_ms, dtype=np.float64) - batch.run_start_ms

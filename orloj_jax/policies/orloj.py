@@ -353,6 +353,8 @@ class Orloj(Policy):
 
     def bind(self, models, latency) -> None:
         super().bind(models, latency)
+        if self.config.noise_quantiles or self.config.completion_windows:
+            latency.track_exits = True  # members' own ratios and completion offsets (they read them)
         self._emax_cache: dict[tuple, np.ndarray] = {}
         self._qthr_cache: dict[float, dict[int, tuple]] = {}
         self._thr = self.config.drop_threshold
