@@ -221,22 +221,30 @@ class _Recorder(TimedBatchLog):
 def member_chances(sched, batch, at: float) -> tuple:
     """What the scheduler's latency model (orloj's view, whatever the policy) says of each
     member of `batch`, decided for time `at`: (own exit, [(request, slack less the compile
-    cost, its class's sorted window at the run shape)], g at the bucket). The windows are
-    the model's arrays of that moment (replaced, never changed, when it learns), so the
-    chances can be computed after the run (`calibration`) without slowing the decision."""
+    cost, the sorted window it is judged on, the scale of its slack on that window)]).
+    The window is the class's at the run shape (with orloj's batch-time noise if
+    configured) on g at the bucket, or, with orloj's `completion_windows`, the class's
+    completion window at the bucket on 1. The arrays are the model's of that moment
+    (replaced, never changed, when it learns), so the chances can be computed after the
+    run (`calibration`) without slowing the decision."""
     lat, spec = sched.latency, sched.models[batch.model]
     sb, bb = batch.shape_bucket, batch.batch_bucket
+    pol = sched.policy
     # the window orloj judges a class on (with its batch-time noise, if configured)
-    window = getattr(sched.policy, "_srt", None) or (lambda model, cid: lat.dists[cid].sorted())
-    g = float(lat.g_at(batch.model, spec.batch_buckets, spec.max_batch, sb)[spec.batch_buckets.index(bb)])
+    window = getattr(pol, "_srt", None) or (lambda model, cid: lat.dists[cid].sorted())
+    windows = getattr(pol, "_windows", None)  # orloj's completion windows per bucket, if on
+    gb = lat.g_at(batch.model, spec.batch_buckets, spec.max_batch, sb)
+    bi = spec.batch_buckets.index(bb)
     comp = lat.compile_cost(batch.model, bb, sb)
     members = []
     for r in batch.requests:
         cid = r.cls if r.shape_bucket == sb else lat.find_class(batch.model, r.tag, sb)
         if cid is None or lat.is_cold(cid):
             continue
-        members.append((r, r.deadline_ms - at - comp, window(batch.model, cid)))
-    return spec.answers_at_exit, members, g
+        per = windows(batch.model, cid, gb) if windows is not None else None
+        w, scale = (window(batch.model, cid), float(gb[bi])) if per is None else per[bi][:2]
+        members.append((r, r.deadline_ms - at - comp, w, scale))
+    return spec.answers_at_exit, members
 
 
 #: P(on time) bins of `calibration`
@@ -246,20 +254,17 @@ CALIBRATION_BINS = ((0.0, 0.3), (0.3, 0.5), (0.5, 0.7), (0.7, 0.9), (0.9, 0.99),
 def calibration(chances: list) -> list[dict]:
     """Is the latency model's P(on time) right? For the members that ran (on time or
     late; failed batches left out), per bin of predicted P: how many, the mean predicted
-    P and the fraction on time. P = F(slack / g) for a member answered at its own exit,
-    else the product over members m of F_m(slack / g) (the batch ends when its slowest
-    member does). A policy that drops on P is as right as this table: under static
+    P and the fraction on time. P = F(slack / scale) on its window (`member_chances`) for a
+    member answered at its own exit, else the product over members m of F_m(slack /
+    scale_m) (the batch ends when its slowest member does). A policy that drops on P is as right as this table: under static
     (which drops nothing) the low bins say what the requests orloj would drop did."""
     ps, ok = [], []
-    for own, members, g in chances:
-        if not members:
-            continue
-        cdf = lambda srt, u: float(np.searchsorted(srt, u, "right")) / srt.size  # noqa: E731
-        for r, slack, srt in members:
+    cdf = lambda srt, u: float(np.searchsorted(srt, u, "right")) / srt.size  # noqa: E731
+    for own, members in chances:
+        for r, slack, w, scale in members:
             if r.outcome not in (Outcome.ON_TIME, Outcome.LATE):
                 continue
-            u = slack / g
-            p = cdf(srt, u) if own else float(np.prod([cdf(s, u) for _, _, s in members]))
+            p = cdf(w, slack / scale) if own else float(np.prod([cdf(w2, slack / s2) for _, _, w2, s2 in members]))
             ps.append(p)
             ok.append(r.outcome is Outcome.ON_TIME)
     ps, ok = np.asarray(ps), np.asarray(ok, dtype=bool)

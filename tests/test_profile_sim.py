@@ -224,20 +224,42 @@ def test_engine_timeline_calibration_bins_p_against_outcomes(tmp_path):
 
     srt = np.array([1.0, 2.0, 3.0, 4.0])  # F(u) = #(x <= u) / 4
 
-    def member(slack, outcome):
+    def member(slack, outcome, scale=1.0):
         r = Request("m", "t", 0.0, slack)
         r.finish(outcome, 0.0)
-        return r, slack, srt
+        return r, slack, srt, scale
 
     own = [(True, [member(2.0, Outcome.ON_TIME), member(2.0, Outcome.LATE), member(8.0, Outcome.ON_TIME),
-                   member(0.5, Outcome.DROPPED)], 1.0)]  # F(2) = 0.5, 0.5; F(8) = 1; the drop is left out
+                   member(0.5, Outcome.DROPPED)])]  # F(2) = 0.5, 0.5; F(8) = 1; the drop is left out
     assert calibration(own) == [
         {"p": [0.5, 0.7], "n": 2, "predicted": 0.5, "on_time": 0.5},
         {"p": [0.99, 1.0], "n": 1, "predicted": 1.0, "on_time": 1.0}]
     # answered at the batch's end: u = 4 / 2 = 2 for both; P = F(2) x F(2) = 0.25 each
-    both = [(False, [member(4.0, Outcome.ON_TIME), member(4.0, Outcome.ON_TIME)], 2.0)]
+    both = [(False, [member(4.0, Outcome.ON_TIME, 2.0), member(4.0, Outcome.ON_TIME, 2.0)])]
     assert calibration(both) == [{"p": [0.0, 0.3], "n": 2, "predicted": 0.25, "on_time": 1.0}]
-    assert calibration([]) == [] and calibration([(True, [], 1.0)]) == []
+    assert calibration([]) == [] and calibration([(True, [])]) == []
+
+    # the window and scale each member is judged on: orloj's completion window where it has
+    # one (scale 1), else the class's window on g at the bucket
+    from bench.engine_timeline import member_chances
+    from orloj_jax.latency import COMPLETION_MIN_SAMPLES, LatencyModel
+    from orloj_jax.policies import make_policy
+    from orloj_jax.scheduler import Batch, ModelSpec, Scheduler
+
+    for cw in (False, True):
+        lat = LatencyModel()
+        lat.seed("m", "t", np.array([1.0, 2.0, 3.0]))
+        lat.seed_scaling("m", {1: 1.5, 2: 2.0}, weight=8)
+        lat.mark_all_warm("m")
+        cid = lat.class_id("m", "t")
+        lat.observe_completions(cid, 1, [2.5] * COMPLETION_MIN_SAMPLES)
+        sched = Scheduler(make_policy("orloj", completion_windows=cw), [ModelSpec("m", (1, 2), answers_at_exit=True)], lat)
+        r = Request("m", "t", 0.0, 10.0)
+        r.cls, r.shape_bucket = cid, 0
+        for bb, expect in ((1, (2.5, 1.0) if cw else (1.0, 1.5)), (2, (1.0, 2.0))):
+            own, members = member_chances(sched, Batch("m", [r], bb, 0, 0.0), 4.0)
+            (_, slack, w, scale), = members
+            assert own and slack == 6.0 and (float(w[0]), scale) == expect
 
     from bench import engine_timeline
 
