@@ -181,19 +181,24 @@ def test_the_committed_cpu_profile_drives_a_simulation():
     assert rates["orloj"] > rates["static"]  # padding to the longest text: measured 0.84 vs 0.19 at this load
 
 
-def test_engine_timeline_records_every_decision_batch_and_request(tmp_path):
-    """bench.engine_timeline on an emulated profile (2 variants x 2 policies): every
-    batch was started by a decision that chose it, the spans do not overlap, every
-    request has an outcome, and the summary counts agree with the raw timeline."""
+def _timeline(tmp_path, *args: str) -> list[dict]:
+    """`bench.engine_timeline` on an emulated profile (orloj and static, k = 2, max batch
+    4) with these options: the rows of its JSON."""
     from bench import engine_timeline
 
     path = tmp_path / "p.json"
     path.write_text(json.dumps(make_profile(80)))
     out = tmp_path / "t.json"
-    assert engine_timeline.main(["--profile", str(path), "--requests", "120", "--max-batch", "4", "--slo-k", "2",
-                                 "--variants", "default,nolead", "--policies", "orloj,static", "--raw",
-                                 "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+    assert engine_timeline.main(["--profile", str(path), "--max-batch", "4", "--slo-k", "2",
+                                 "--policies", "orloj,static", *args, "--json", str(out)]) == 0
+    return json.loads(out.read_text())["rows"]
+
+
+def test_engine_timeline_records_every_decision_batch_and_request(tmp_path):
+    """bench.engine_timeline on an emulated profile (2 variants x 2 policies): every
+    batch was started by a decision that chose it, the spans do not overlap, every
+    request has an outcome, and the summary counts agree with the raw timeline."""
+    rows = _timeline(tmp_path, "--requests", "120", "--variants", "default,nolead", "--raw")
     assert [(r["variant"], r["policy"]) for r in rows] == [("default", "orloj"), ("default", "static"),
                                                           ("nolead", "orloj"), ("nolead", "static")]
     for r in rows:
@@ -261,15 +266,7 @@ def test_engine_timeline_calibration_bins_p_against_outcomes(tmp_path):
             (_, slack, w, scale), = members
             assert own and slack == 6.0 and (float(w[0]), scale) == expect
 
-    from bench import engine_timeline
-
-    path = tmp_path / "p.json"
-    path.write_text(json.dumps(make_profile(80)))
-    out = tmp_path / "t.json"
-    assert engine_timeline.main(["--profile", str(path), "--requests", "100", "--max-batch", "4", "--slo-k", "2",
-                                 "--variants", "default", "--policies", "orloj,static", "--calibrate",
-                                 "--json", str(out)]) == 0
-    for r in json.loads(out.read_text())["rows"]:
+    for r in _timeline(tmp_path, "--requests", "100", "--variants", "default", "--calibrate"):
         cal = r["calibration"]
         ran = 100 - r["dropped"]
         # each member that ran at most once (not those padded into a shape without a measured class)
