@@ -214,7 +214,7 @@ def _zoo_inputs(name: str, seed: int) -> list:
 def setup_zoo(workload: str, max_batch: int, *, cache_dir=None, compile_cache_dir=None, profile_n: int = 300, seed: int = 0,
               progress=print, compact: bool | None = None) -> ZooSetup:
     from models import load_model
-    from orloj_jax.jax_executor import JaxExecutor
+    from orloj_jax.jax_executor import JaxExecutor, model_spec
 
     model_name, tag = ZOO_WORKLOADS[workload]
     bbs = tuple(b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch)
@@ -225,7 +225,9 @@ def setup_zoo(workload: str, max_batch: int, *, cache_dir=None, compile_cache_di
     ex.warm_all(model_name)
     compile_ms = (time.perf_counter() - t0) * 1000.0
     items = model.preprocess(_zoo_inputs(model_name, seed))
-    spec = ModelSpec(model_name, tuple(model.batch_buckets), tuple(model.shape_buckets))
+    # members that exit early are answered then (the engine's answer_early): the scheduler
+    # must judge them so (ModelSpec.answers_at_exit), as the simulator's profiled device does
+    spec = model_spec(model, model_name)
     rng = np.random.default_rng([seed, 7])
     # Offline profile: a separate sample, each request alone (its own length, its own exit).
     prof_idx = rng.choice(len(items), size=min(profile_n, len(items)), replace=False)

@@ -39,7 +39,7 @@ from orloj_jax.scheduler import Batch, ModelSpec, Scheduler
 def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None, seed: int = 0,
             pipeline: bool | None = None, pairs: int = 1) -> dict:
     from models import load_model
-    from orloj_jax.jax_executor import JaxExecutor
+    from orloj_jax.jax_executor import JaxExecutor, model_spec
 
     from .engine_mode import _zoo_inputs
 
@@ -52,7 +52,7 @@ def measure(model_name: str, n: int, policy: str, max_batch: int, cache_dir=None
     items = model.preprocess(_zoo_inputs(model_name, seed))
     rng = np.random.default_rng(seed)
     pick = [items[int(i)] for i in rng.integers(0, len(items), size=n)]
-    spec = ModelSpec(model_name, tuple(model.batch_buckets), tuple(model.shape_buckets))
+    spec = model_spec(model, model_name)  # early exits answered at their exit, as the engine does
     lat = LatencyModel()
     for bb in spec.batch_buckets:
         for sb in spec.shape_buckets:

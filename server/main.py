@@ -66,9 +66,10 @@ def build_backend(
     ``profiles``: files from ``orloj profile`` (one per model at most) whose sampled
     inputs and batch scaling seed the latency model, so that the scheduler starts with
     per-shape distributions instead of cold classes."""
+    from orloj_jax.jax_executor import model_spec
     from orloj_jax.latency import LatencyModel
     from orloj_jax.policies import make_policy
-    from orloj_jax.scheduler import ModelSpec, Scheduler, SchedulerConfig
+    from orloj_jax.scheduler import Scheduler, SchedulerConfig
 
     if warm not in WARM_MODES:
         raise ValueError(f"warm must be one of {WARM_MODES}, got {warm!r}")
@@ -76,7 +77,9 @@ def build_backend(
         from orloj_jax.jax_executor import JaxExecutor
 
         executor = JaxExecutor(dict(models), compile_cache_dir=compile_cache_dir)
-    specs = [ModelSpec(name, tuple(m.batch_buckets), tuple(m.shape_buckets)) for name, m in models.items()]
+    # members that exit early are answered then (the engine's answer_early), and the
+    # scheduler judges them so (`ModelSpec.answers_at_exit`, via `model_spec`)
+    specs = [model_spec(m, name) for name, m in models.items()]
     sched = Scheduler(make_policy(policy, **dict(policy_options or {})), specs, LatencyModel(),
                       SchedulerConfig(max_queue=max_queue))
     slo_ms = dict(slo_ms or {})

@@ -98,3 +98,17 @@ def test_input_formats(ee, heldout):
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError):
         ee.preprocess(np.zeros((2, 7, 7)))
+
+
+def test_the_engine_workload_judges_early_exits_at_their_exit(cache):
+    """`bench.engine_mode.setup_zoo` (what `--mode engine`, `live_ab` and the timelines
+    serve) tells the scheduler that digits-ee answers members at their exit, as the
+    engine does and as the simulator's profiled device says: until session 9 it did not,
+    and orloj judged every live member on the whole batch's end."""
+    from bench.engine_mode import setup_zoo
+
+    z = setup_zoo("digits-ee", 2, cache_dir=cache, profile_n=20, progress=lambda m: None)
+    try:
+        assert z.spec.answers_at_exit is True and z.spec.batch_buckets == (1, 2)
+    finally:
+        z.executor.close()

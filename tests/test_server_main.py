@@ -112,6 +112,8 @@ def test_zoo_factory_loads_with_capped_buckets(monkeypatch):
         assert sm.default_slo_ms == 30 and sm.default_tag == "image"
         assert backend.warm_shapes == {"digits-ee": [(1, 8)]} and backend.policy == "fifo"
         assert backend.scheduler.models["digits-ee"].batch_buckets == (1, 2, 4)
+        # its early exits are answered when they exit: the scheduler must judge them so
+        assert backend.scheduler.models["digits-ee"].answers_at_exit is True
         backend.validate()
     finally:
         backend.executor.close()
@@ -137,6 +139,8 @@ def test_zoo_factory_per_model_max_batch(monkeypatch):
                                 policy="fifo", warm="none")()
     try:
         assert calls == {"digits-ee": (1, 2, 4, 8, 16, 32), "digits-static": (1, 2, 4)}
+        assert backend.scheduler.models["digits-ee"].answers_at_exit is True
+        assert backend.scheduler.models["digits-static"].answers_at_exit is False  # one stage: answered at the end
         assert backend.scheduler.models["digits-ee"].batch_buckets == (1, 2, 4, 8, 16, 32)
         assert backend.scheduler.models["digits-static"].max_batch == 4
     finally:
