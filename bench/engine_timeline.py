@@ -221,29 +221,24 @@ class _Recorder(TimedBatchLog):
 def member_chances(sched, batch, at: float) -> tuple:
     """What the scheduler's latency model (orloj's view, whatever the policy) says of each
     member of `batch`, decided for time `at`: (own exit, [(request, slack less the compile
-    cost, the sorted window it is judged on, the scale of its slack on that window)]).
-    The window is the class's at the run shape (with orloj's batch-time noise if
-    configured) on g at the bucket, or, with orloj's `completion_windows`, the class's
-    completion window at the bucket on 1. The arrays are the model's of that moment
-    (replaced, never changed, when it learns), so the chances can be computed after the
-    run (`calibration`) without slowing the decision."""
+    cost, the sorted window it is judged on, the scale of its slack on that window)]):
+    its class's window at the run shape (with orloj's batch-time noise if configured) on
+    g at the bucket. The arrays are the model's of that moment (replaced, never changed,
+    when it learns), so the chances can be computed after the run (`calibration`)
+    without slowing the decision."""
     lat, spec = sched.latency, sched.models[batch.model]
     sb, bb = batch.shape_bucket, batch.batch_bucket
     pol = sched.policy
     # the window orloj judges a class on (with its batch-time noise, if configured)
     window = getattr(pol, "_srt", None) or (lambda model, cid: lat.dists[cid].sorted())
-    windows = getattr(pol, "_windows", None)  # orloj's completion windows per bucket, if on
-    gb = lat.g_at(batch.model, spec.batch_buckets, spec.max_batch, sb)
-    bi = spec.batch_buckets.index(bb)
+    g = float(lat.g_at(batch.model, spec.batch_buckets, spec.max_batch, sb)[spec.batch_buckets.index(bb)])
     comp = lat.compile_cost(batch.model, bb, sb)
     members = []
     for r in batch.requests:
         cid = r.cls if r.shape_bucket == sb else lat.find_class(batch.model, r.tag, sb)
         if cid is None or lat.is_cold(cid):
             continue
-        per = windows(batch.model, cid, gb) if windows is not None else None
-        w, scale = (window(batch.model, cid), float(gb[bi])) if per is None else per[bi][:2]
-        members.append((r, r.deadline_ms - at - comp, w, scale))
+        members.append((r, r.deadline_ms - at - comp, window(batch.model, cid), g))
     return spec.answers_at_exit, members
 
 

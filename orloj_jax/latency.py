@@ -62,9 +62,6 @@ class LatencyConfig:
 #: profile's copies as the window (`LatencyConfig.g_window`, 256) fills.
 PROFILE_G_WEIGHT = 8
 
-#: a completion window (`LatencyModel.completion`) is used once it holds this many offsets
-COMPLETION_MIN_SAMPLES = 32
-
 #: batch-time noise (`_Scaling.noise`): a spread this small is none (a deterministic
 #: device, e.g. the simulator's, whose ratios differ from their mean only by round-off)
 NOISE_TOL = 1e-9
@@ -90,8 +87,7 @@ class _ModelGrid:
 class _Scaling:
     """g(b) for one (model, shape bucket): mean measured ratio per batch bucket."""
 
-    __slots__ = ("_added", "_at", "_madded", "_means", "_noise", "_since", "_size", "_stale", "_vec", "members",
-                 "prior_slope", "ratios", "sums")
+    __slots__ = ("_added", "_at", "_means", "_noise", "_since", "_size", "_stale", "_vec", "prior_slope", "ratios", "sums")
 
     def __init__(self, prior_slope: float):
         self.prior_slope = prior_slope
@@ -106,19 +102,7 @@ class _Scaling:
         self._means: dict[int, float] = {}
         self._at: dict[tuple, np.ndarray] = {}
         self._added = 0  # ratios added, ever
-        # quantiles -> (ratios added then, eps, from the members' ratios)
-        self._noise: dict[int, tuple[int, np.ndarray | None, bool]] = {}
-        # Members answered at their own exit: each one's finish offset from the run's start
-        # over its solo time, per batch bucket (`add_members`); the noise then comes from them
-        self.members: dict[int, deque] = {}
-        self._madded = 0
-
-    def add_members(self, b: int, ratios, maxlen: int) -> None:
-        q = self.members.get(b)
-        if q is None:
-            q = self.members[b] = deque(maxlen=maxlen)
-        q.extend(ratios)
-        self._madded += len(ratios)
+        self._noise: dict[int, tuple[int, np.ndarray | None]] = {}  # quantiles -> (_added then, eps)
 
     def add(self, b: int, ratio: float, maxlen: int) -> None:
         q = self.ratios.get(b)
@@ -182,25 +166,13 @@ class _Scaling:
         None when the ratios have no spread (a deterministic device: every ratio is its
         mean). Recomputed, like the CDF tables, once ~3% new ratios came in (every ratio
         while there are fewer than 32), and the same array object is returned until a
-        quantile moves by more than NOISE_MOVE (so that what is cached on it lasts).
-
-        Where members' own ratios were measured (`add_members`: a model that answers each
-        member at its exit), the noise is theirs, each over g of its bucket: a member's
-        completion is g(B) x noise x its own solo time. On digits-ee live (session 9) the
-        members finished at a median 0.72-0.83 x g x solo, so a P judged on g alone was
-        pessimistic: requests it put under 0.3 finished on time 13-48% of the time."""
+        quantile moves by more than NOISE_MOVE (so that what is cached on it lasts)."""
         hit = self._noise.get(quantiles)
-        members = self.members
-        added = self._madded if members else self._added
-        pooled_n = sum(len(q) for q in (members or self.ratios).values())
-        if hit is not None and hit[2] == bool(members) and added - hit[0] < max(1, pooled_n >> 5):
+        pooled_n = sum(len(q) for q in self.ratios.values())
+        if hit is not None and self._added - hit[0] < max(1, pooled_n >> 5):
             return hit[1]
-        if members:
-            gs = self._fill(self._current_means(), list(members))
-            res = [np.asarray(q, dtype=np.float64) / g for q, g in zip(members.values(), gs, strict=True) if g > 0]
-        else:
-            res = [np.asarray(q, dtype=np.float64) * (len(q) / self.sums[b]) for b, q in self.ratios.items()
-                   if self.sums[b] > 0]
+        res = [np.asarray(q, dtype=np.float64) * (len(q) / self.sums[b]) for b, q in self.ratios.items()
+               if self.sums[b] > 0]
         eps = None
         if res:
             pooled = np.concatenate(res)
@@ -213,7 +185,7 @@ class _Scaling:
             eps = old
         elif eps is not None:
             eps.flags.writeable = False
-        self._noise[quantiles] = (added, eps, bool(members))
+        self._noise[quantiles] = (self._added, eps)
         return eps
 
     def vec(self, max_b: int) -> np.ndarray:
@@ -253,13 +225,6 @@ class LatencyModel:
         self._compile: dict[str, EmpiricalDist] = {}
         # (class, quantiles) -> (sorted window, noise, noisy sorted window): `p_sorted`
         self._psorted: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        # per (class, batch bucket): members' completion offsets from their run's start, for
-        # classes of models that answer members at their exit (`observe_completions`)
-        self._done: dict[tuple[int, int], EmpiricalDist] = {}
-        #: learn what members answered at their exit did (`observe_members`,
-        #: `observe_completions`): set by a policy that reads it (orloj with
-        #: `noise_quantiles` or `completion_windows`), so that no other pays for it per batch
-        self.track_exits = False
         self._p_quantiles: set[int] = set()  # the quantile counts asked for (`refresh`)
 
     # -- classes ---------------------------------------------------------
@@ -306,36 +271,6 @@ class LatencyModel:
         if max_solo_ms <= 0 or not np.isfinite(batch_ms):
             return
         self._scale(model, shape_bucket).add(batch_bucket, batch_ms / max_solo_ms, self.config.g_window)
-
-    def observe_completions(self, cid: int, batch_bucket: int, offsets) -> None:
-        """Members of class `cid` (at the shape they ran at) answered at their own exit, in a
-        batch of bucket `batch_bucket`: each one's finish offset from the run's start."""
-        ok = [float(x) for x in offsets if np.isfinite(x) and x >= 0]
-        if not ok:
-            return
-        key = (cid, int(batch_bucket))
-        d = self._done.get(key)
-        if d is None:
-            d = self._done[key] = EmpiricalDist(window=self.config.window, max_lag=self.config.learn_lag)
-        d.extend(ok)
-
-    def completion(self, cid: int, batch_bucket: int) -> np.ndarray | None:
-        """The sorted window of class `cid`'s completion offsets at `batch_bucket`
-        (`observe_completions`), or None while it has fewer than COMPLETION_MIN_SAMPLES: P(on time)
-        of such a member in such a batch is then its empirical CDF at the slack, which
-        knows what g x the class's solo times cannot (an early exiter's own, lower ratio).
-        The same array object until new samples merge: treat it as read-only."""
-        d = self._done.get((cid, int(batch_bucket)))
-        if d is None or d.n < COMPLETION_MIN_SAMPLES:
-            return None
-        return d.sorted()
-
-    def observe_members(self, model: str, batch_bucket: int, ratios, shape_bucket: int = 0) -> None:
-        """Members answered at their own exit: each one's finish offset from the run's start
-        over its solo time (the batch-time noise of such a model comes from these)."""
-        ok = [float(r) for r in ratios if np.isfinite(r) and r > 0]
-        if ok:
-            self._scale(model, shape_bucket).add_members(batch_bucket, ok, self.config.g_window)
 
     def seed_scaling(self, model: str, g_of_b: dict[int, float], shape_bucket: int = 0, weight: int = 1) -> None:
         """Profiled g(b) points, e.g. from a batch-size sweep at warm-up. Each counts as

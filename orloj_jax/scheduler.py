@@ -122,7 +122,6 @@ class Batch:
     predicted_ms: float | None = None  # expected device time, compile included
     cold: bool = False  # the executable is not compiled yet
     info: dict = field(default_factory=dict)
-    run_start_ms: float | None = None  # when the device began it: set by `Scheduler.finish`
     id: int = field(default_factory=lambda: next(_batch_ids))
 
     def __len__(self) -> int:
@@ -334,7 +333,6 @@ class Scheduler:
         """
         assert batch is self.running, "finish for a batch that is not running"
         self.running = None
-        batch.run_start_ms = now - result.device_ms
         reqs = batch.requests
         if result.error is not None:
             for r in reqs:
@@ -399,20 +397,4 @@ class Scheduler:
         if learn:
             lat.observe_batch(batch.model, batch.batch_bucket, result.device_ms - result.compile_ms, float(solo.max()),
                               batch.shape_bucket)
-            if (lat.track_exits and result.finish_ms is not None and batch.run_start_ms is not None
-                    and not result.compile_ms and self.models[batch.model].answers_at_exit):
-                # each member's own ratio (its finish offset from the run's start over its solo
-                # time) and, per class at the run shape, the offsets themselves
-                offsets = np.asarray(result.finish_ms, dtype=np.float64) - batch.run_start_ms
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    lat.observe_members(batch.model, batch.batch_bucket, offsets / solo, batch.shape_bucket)
-                if len(by_cls) == 1:
-                    lat.observe_completions(next(iter(by_cls)), batch.batch_bucket, offsets.tolist())
-                else:
-                    per: dict[int, list[float]] = {}
-                    for r, off in zip(reqs, offsets.tolist(), strict=True):
-                        cid = r.cls if r.shape_bucket == sb else lat.class_id(batch.model, r.tag, sb)
-                        per.setdefault(cid, []).append(off)
-                    for cid, offs in per.items():
-                        lat.observe_completions(cid, batch.batch_bucket, offs)
         return list(by_cls)

@@ -277,30 +277,6 @@ def test_noise_quantiles_are_ratios_over_their_bucket_mean_pooled():
     assert lat.noise(M, 7, 2) is None  # another shape bucket: nothing measured
 
 
-def test_noise_of_members_answered_at_their_exit_is_their_own():
-    """Once members' own ratios are measured (finish offset / solo), the noise is theirs
-    over g of their bucket, pooled: bucket 2 (g 2, from batch ratios 1 and 3) members 1
-    and 1 -> 0.5, 0.5; bucket 4 (g 4) member 8 -> 2. Pooled [0.5, 0.5, 2]; quantiles at
-    1/6, 1/2, 5/6 (linear): 0.5, 0.5, 1.5 (the batch ratios' were 2/3, 1, 4/3).
-    Non-positive or non-finite ratios are ignored."""
-    lat = LatencyModel()
-    for b, ratio in ((2, 1.0), (2, 3.0), (4, 4.0)):
-        lat.observe_batch(M, b, ratio * 5.0, 5.0)
-    batch_eps = lat.noise(M, 0, 3)
-    assert batch_eps.tolist() == pytest.approx([2 / 3, 1.0, 4 / 3], abs=1e-12)
-    lat.observe_members(M, 2, [1.0, 1.0, 0.0, float("nan"), float("inf")])
-    lat.observe_members(M, 4, np.array([8.0]))
-    lat.observe_members(M, 4, [])
-    eps = lat.noise(M, 0, 3)
-    assert eps is not batch_eps and eps.tolist() == pytest.approx([0.5, 0.5, 1.5], abs=1e-12)
-    assert lat.noise(M, 0, 3) is eps  # cached until ~3% new member ratios come in
-    # on a deterministic device every member ratio is g: no noise
-    det = LatencyModel()
-    det.observe_batch(M, 2, 4.0, 2.0)
-    det.observe_members(M, 2, [2.0, 2.0, 2.0])
-    assert det.noise(M, 0, 4) is None
-
-
 def test_noise_keeps_its_array_until_a_quantile_moves():
     """The same array object while the quantiles move by <= NOISE_MOVE (what is cached on
     it, the noisy windows, lasts); a new one once they move more."""

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import orloj_jax.policies.orloj as orloj_mod
-from orloj_jax.latency import COMPLETION_MIN_SAMPLES, LatencyConfig, LatencyModel
+from orloj_jax.latency import LatencyConfig, LatencyModel
 from orloj_jax.policies import make_policy, policy_names
 from orloj_jax.policies.static import StaticConfig
 from orloj_jax.request import Outcome, Request
@@ -741,7 +741,7 @@ def test_registry_names_and_errors():
         make_policy("nope")
     with pytest.raises(
         ValueError,
-        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit', 'weigh_models', 'pad_shapes', 'fair_share', 'fair_halflife_ms', 'idle_threshold', 'skip_riders', 'one_tag_path', 'noise_quantiles', 'probe_after', 'completion_windows'\]",
+        match=r"policy 'orloj': bad options \['bogus'\]; allowed: \['drop_threshold', 'exhaustive_limit', 'weigh_models', 'pad_shapes', 'fair_share', 'fair_halflife_ms', 'idle_threshold', 'skip_riders', 'one_tag_path', 'noise_quantiles', 'probe_after'\]",
     ):
         make_policy("orloj", bogus=1)
     p = make_policy("static", config=StaticConfig(max_batch_size=4), max_queue_delay_us=5.0)
@@ -759,7 +759,6 @@ def test_registry_names_and_errors():
         "one_tag_path": True,
         "noise_quantiles": 0,
         "probe_after": 16,
-        "completion_windows": False,
     }
 
 
@@ -935,17 +934,6 @@ def _noisy_batches(lat: LatencyModel, model: str, sb: int, rng) -> None:
             lat.observe_batch(model, b, ratio * 5.0, 5.0, sb)
 
 
-def _completions(lat: LatencyModel, model: str, cids, buckets, rng) -> None:
-    """Half the time, completion offsets (`LatencyModel.observe_completions`) for some of
-    the classes' batch buckets: what `completion_windows` judges a member on there."""
-    if rng.random() < 0.5:
-        for cid in cids:
-            for b in buckets:
-                if rng.random() < 0.6:
-                    n = int(rng.integers(20, 60))  # below COMPLETION_MIN_SAMPLES (32) sometimes: no window yet
-                    lat.observe_completions(cid, b, rng.lognormal(math.log(4.0 + b), 0.5, n).tolist())
-
-
 def _assert_same_decision(fast, slow) -> None:
     """The same batch, buckets, drops and predicted time; info equal (floats to 1e-12)."""
     assert [r.id for r in fast.batch] == [r.id for r in slow.batch]
@@ -967,14 +955,12 @@ def test_orloj_one_tag_path_decides_as_the_general_path_one_shape(early):
     (score to 1e-12)."""
     rng = np.random.default_rng(5)
     noise_rng = np.random.default_rng(55)  # its own stream: the cases above stay as they were
-    done_rng = np.random.default_rng(555)  # and the completion windows theirs
     used = 0
     for _ in range(300):
         opts = {"drop_threshold": float(rng.choice([0.0, 0.3, 0.7, 0.9])),
                 "skip_riders": str(rng.choice(["always", "better", "never"])),
                 "idle_threshold": None if rng.random() < 0.3 else float(rng.choice([0.0, 0.2])),
-                "noise_quantiles": int(noise_rng.choice([0, 4, 8])),
-                "completion_windows": bool(done_rng.random() < 0.5)}
+                "noise_quantiles": int(noise_rng.choice([0, 4, 8]))}
         spec = ModelSpec(M, (1, 2, 4, 8), answers_at_exit=early)
         lat = LatencyModel(LatencyConfig(grid_points=64))
         # a multi-modal class (an early-exit model's stages) or a lognormal one
@@ -986,7 +972,6 @@ def test_orloj_one_tag_path_decides_as_the_general_path_one_shape(early):
         if rng.random() < 0.7:
             lat.seed_scaling(M, {b: float(1.0 + rng.uniform(0.0, 0.3) * (b - 1)) for b in (1, 2, 4, 8)})
         _noisy_batches(lat, M, 0, noise_rng)
-        _completions(lat, M, [lat.class_id(M, "a")], (1, 2, 4, 8), done_rng)
         lat.mark_all_warm(M)
         pols = [make_policy("orloj", **opts), make_policy("orloj", **opts, one_tag_path=False)]
         for p in pols:
@@ -1014,15 +999,13 @@ def test_orloj_one_tag_path_decides_as_the_general_path_many_shapes(early):
     included), drops, predicted time and info (score to 1e-12)."""
     rng = np.random.default_rng(13)
     noise_rng = np.random.default_rng(131)  # its own stream: the cases above stay as they were
-    done_rng = np.random.default_rng(1313)  # and the completion windows theirs
     shapes = (16, 32, 64, 128)
     used = 0
     for _ in range(300):
         opts = {"drop_threshold": float(rng.choice([0.0, 0.3, 0.7])),
                 "skip_riders": str(rng.choice(["always", "better", "never"])),
                 "pad_shapes": bool(rng.random() < 0.8), "weigh_models": bool(rng.random() < 0.8),
-                "fair_share": bool(rng.random() < 0.8), "noise_quantiles": int(noise_rng.choice([0, 4, 8])),
-                "completion_windows": bool(done_rng.random() < 0.5)}
+                "fair_share": bool(rng.random() < 0.8), "noise_quantiles": int(noise_rng.choice([0, 4, 8]))}
         models = (M,) if rng.random() < 0.5 else (M, "n")
         specs = {m: ModelSpec(m, (1, 2, 4, 8), shapes, answers_at_exit=early) for m in models}
         lat = LatencyModel(LatencyConfig(grid_points=64))
@@ -1038,7 +1021,6 @@ def test_orloj_one_tag_path_decides_as_the_general_path_many_shapes(early):
                 lat.seed(m, "a", xs0 if same else xs, shape_bucket=sb)
                 lat.seed_scaling(m, g0 if same else g, shape_bucket=sb)
                 _noisy_batches(lat, m, sb, noise_rng)
-                _completions(lat, m, [lat.class_id(m, "a", sb)], (1, 2, 4, 8), done_rng)
             lat.mark_all_warm(m)
         pols = [make_policy("orloj", **opts), make_policy("orloj", **opts, one_tag_path=False)]
         share = {m: [float(rng.uniform(0, 50)), 50.0, 0.0] for m in models}  # recent on-time / offered
@@ -1201,33 +1183,3 @@ def test_parse_policy_spec():
         make_policy("orloj", drop_threshold="high")
     with pytest.raises(ValueError, match="drop_threshold"):
         make_policy("orloj", drop_threshold=2.0)
-
-
-@pytest.mark.parametrize("one_tag_path", [True, False])
-def test_orloj_completion_windows_judge_members_answered_at_their_exit(one_tag_path):
-    """`completion_windows`: a member answered at its exit is judged at bucket B on its
-    class's completion offsets measured at B, not on g(B) x its solo times. Solo times
-    are all 5 ms and g is 2 everywhere: alone, a request needs 10 ms of slack, and one
-    with 8 is dropped (at the idle threshold too). Completions at bucket 1 took 6 ms
-    (a window once it holds COMPLETION_MIN_SAMPLES; bucket 4's, one short, is not used):
-    with the option on it runs, alone at bucket 1, and is expected on time (CDF 1 at 8);
-    with 5.5 ms of slack (P = 0 there too) it is dropped either way."""
-    spec = ModelSpec(M, (1, 2, 4, 8), answers_at_exit=True)
-    for slack, on, runs in ((8.0, False, False), (8.0, True, True), (5.5, True, False)):
-        lat = LatencyModel(LatencyConfig(grid_points=61))
-        lat.seed(M, "a", np.full(20, 5.0))
-        lat.seed_scaling(M, {b: 2.0 for b in (1, 2, 4, 8)}, weight=8)
-        lat.mark_all_warm(M)
-        cid = lat.class_id(M, "a")
-        lat.observe_completions(cid, 1, [6.0] * COMPLETION_MIN_SAMPLES)
-        lat.observe_completions(cid, 4, [1.0] * (COMPLETION_MIN_SAMPLES - 1))  # one short: no window at 4
-        assert lat.completion(cid, 4) is None and lat.completion(cid, 1).tolist() == [6.0] * COMPLETION_MIN_SAMPLES
-        s = Scheduler(make_policy("orloj", completion_windows=on, one_tag_path=one_tag_path), [spec], lat)
-        r = req("a", deadline=slack)
-        s.add(r, 0.0)
-        out = s.next_batch(0.0)
-        if runs:
-            assert out.batch is not None and out.batch.requests == [r] and out.batch.batch_bucket == 1
-            assert out.batch.info["expected_on_time"] == pytest.approx(1.0)
-        else:
-            assert out.batch is None and r.outcome is Outcome.DROPPED

@@ -356,36 +356,3 @@ def test_scheduler_learn_false_keeps_the_seeded_model():
         d = lat.dist("m", "a")
         assert (d.n, lat.g("m", 1)) == ((4, pytest.approx((1.0 + 2.0) / 2)) if learn else (3, 1.0))
         assert lat.is_warm("m", 1) and lat.compile_estimate_ms("m") == pytest.approx(30.0)
-
-
-def test_members_answered_at_their_exit_teach_their_own_ratios():
-    """A model that answers members at their exit (`answers_at_exit`) learns each member's
-    finish offset from the run's start (`finish` time less device time) over its solo
-    time (`LatencyModel.observe_members`) when the latency model tracks them (a policy
-    that reads them sets `track_exits`); another model, a batch with a compile,
-    `learn=False` or no tracking learns none. The batch started at 1, ran 10 ms (run start 1), members
-    with solo 2 and 4 finished at 5 and 11: ratios 2 and 2.5, offsets 4 and 10."""
-    for own, compile_ms, learn, track, expect in ((True, 0.0, True, True, [2.0, 2.5]), (False, 0.0, True, True, None),
-                                                  (True, 3.0, True, True, None), (True, 0.0, False, True, None),
-                                                  (True, 0.0, True, False, None)):
-        lat = LatencyModel()
-        lat.track_exits = track
-        s = Scheduler(make_policy("fifo"), [ModelSpec(M, (1, 2), answers_at_exit=own)], lat,
-                      SchedulerConfig(learn=learn))
-        a, b = req(deadline=100.0), req(deadline=100.0)
-        for r in (a, b):
-            s.add(r, 0.0)
-        batch = s.next_batch(1.0).batch
-        s.on_done(batch, BatchResult(device_ms=10.0 + compile_ms, solo_ms=[2.0, 4.0], finish_ms=[5.0, 11.0],
-                                     exit_index=[0, 1], compile_ms=compile_ms), 11.0 + compile_ms)
-        assert batch.run_start_ms == pytest.approx(1.0)
-        got = lat._scale(M, 0).members.get(2)
-        assert (None if got is None else list(got)) == (None if expect is None else pytest.approx(expect))
-        # and the offsets themselves, per class and bucket (`completion_windows`): 4 and 10
-        done = lat._done.get((a.cls, 2))
-        assert (None if done is None else done.samples().tolist()) == (None if expect is None else [4.0, 10.0])
-    # orloj with an option that reads them turns the tracking on; by default it stays off
-    for opts, on in (({}, False), ({"noise_quantiles": 8}, True), ({"completion_windows": True}, True)):
-        lat = LatencyModel()
-        Scheduler(make_policy("orloj", **opts), [ModelSpec(M, (1, 2), answers_at_exit=True)], lat)
-        assert lat.track_exits is on

@@ -103,15 +103,6 @@ class OrlojConfig:
     # the SLO) and dropped 98.6% of 10,000 requests while static finished 15%. A probe
     # costs device time that would have idled. None: never probe.
     probe_after: int | None = 16
-    # Completion windows (session 9, opt-in): for a model that answers members at their exit,
-    # judge a member's P(on time) in a batch of bucket B on the empirical distribution of
-    # its class's completion offsets measured at B (`LatencyModel.completion`), where there
-    # are enough, instead of F(slack / g(B)) with F the class's solo times. g is the
-    # batch's ratio (its end over its slowest member); an early exiter finishes well
-    # before g x its solo time (digits-ee live: a stage-0 exit at 1.42x its solo time in a
-    # batch of g 1.93), and requests P put under 0.3 finished on time 13-48% of the time
-    # under static. Both decision paths and the drop rule read it.
-    completion_windows: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.drop_threshold < 1.0:
@@ -202,9 +193,6 @@ class _Group:
     own: bool = False  # members are answered at their own exit (ModelSpec.answers_at_exit)
     table: tuple = ()  # (class ids, logF) of every class the group was prepared from (before drops)
     mixed: bool = True  # members may have smaller shape buckets than `shape` (a padded group)
-    # per class, per bucket (window, scale, is a completion window) when completion windows
-    # judge some of its buckets (`Orloj._windows`), else None
-    per: tuple | None = None
 
     def log_cdf_at_members(self) -> np.ndarray:
         """log F_c'(u) at every member's on-time limit u = (slack - compile_B) / g_B, exactly.
@@ -235,19 +223,6 @@ class _Group:
                         sizes[i] = s.size
                     x = np.divide(idx, sizes)
                     out = np.log(x, out=x).astype(np.float32)
-                if self.per is not None:
-                    # a member's own CDF at a bucket with a completion window: that window at
-                    # the slack (what the search and the drop rule read for members answered
-                    # at their exit; the other classes' entries are not read then)
-                    for c, pc in enumerate(self.per):
-                        if pc is None:
-                            continue
-                        row = self.slack[c]
-                        for b, (w, sc, done) in enumerate(pc):
-                            if done:
-                                u = (row - self.comp[b]) / sc if self.has_comp else row / sc
-                                xb = w.searchsorted(u, "right") / w.size
-                                out[c if len(self.srt) > 1 else 0, b, c] = np.log(xb, out=xb).astype(np.float32)
             self._logfex = np.maximum(out, LOG_ZERO, out=out)
         return self._logfex
 
@@ -258,8 +233,7 @@ class _Group:
             return None
         lists = [self.lists[c][skip[c] :] for c in keep]
         slack, lens = _slacks(lists, self.slack.shape[1], self.now)
-        return _Group(self.model, self.shape, lists, self.logF[keep], self.du, slack, lens, self.buckets, self.comp, self.gb, self.now, srt=[self.srt[c] for c in keep], cids=tuple(self.cids[c] for c in keep), has_comp=self.has_comp, own=self.own, mixed=self.mixed,
-                      per=None if self.per is None else tuple(self.per[c] for c in keep))
+        return _Group(self.model, self.shape, lists, self.logF[keep], self.du, slack, lens, self.buckets, self.comp, self.gb, self.now, srt=[self.srt[c] for c in keep], cids=tuple(self.cids[c] for c in keep), has_comp=self.has_comp, own=self.own, mixed=self.mixed)
 
     def expected_max(self, counts: np.ndarray) -> np.ndarray:
         """E[max member solo time] of count vectors [V, C]: the integral of 1 - prod_c F_c^n_c."""
@@ -353,8 +327,6 @@ class Orloj(Policy):
 
     def bind(self, models, latency) -> None:
         super().bind(models, latency)
-        if self.config.noise_quantiles or self.config.completion_windows:
-            latency.track_exits = True  # members' own ratios and completion offsets (they read them)
         self._emax_cache: dict[tuple, np.ndarray] = {}
         self._qthr_cache: dict[float, dict[int, tuple]] = {}
         self._thr = self.config.drop_threshold
@@ -566,9 +538,7 @@ class Orloj(Policy):
                     continue
                 survivors[shape] = surv
                 # as _has_chance (warm: no compile cost; buckets start at 1)
-                per = self._windows(model, cid, gb)
-                w0, s0 = (self._srt(model, cid), float(gb[0])) if per is None else per[0][:2]
-                if _alone_has_chance(w0, surv[0].deadline_ms - now, s0):
+                if _alone_has_chance(self._srt(model, cid), surv[0].deadline_ms - now, float(gb[0])):
                     later.append((order, model, weight, mbest, shape, cid, surv, False))
                 else:
                     got = self._one_group(model, shape, cid, surv, now, ctx, mixed=False)
@@ -632,8 +602,7 @@ class Orloj(Policy):
         max_b = int(buckets[-1])
         emax = self._emax_of(model, shape, (cid,), logF, du, count_vectors(1, max_b))
         own = spec.answers_at_exit
-        per = self._windows(model, cid, gb)
-        found = _single_search(surv, now, jmax, max_b, srt, emax, gb, buckets, own, per)
+        found = _single_search(surv, now, jmax, max_b, srt, emax, gb, buckets, own)
         if found is None:
             return None
         mode = self.config.skip_riders
@@ -647,7 +616,7 @@ class Orloj(Policy):
                 if not k:
                     break
                 rest = surv[k:]
-                again = _single_search(rest, now, jmax, max_b, srt, emax, gb, buckets, own, per) if rest else None
+                again = _single_search(rest, now, jmax, max_b, srt, emax, gb, buckets, own) if rest else None
                 if again is None or (mode == "better" and not again[1] > found[1]):
                     break
                 surv, found = rest, again
@@ -831,7 +800,7 @@ class Orloj(Policy):
         slack, lens = _slacks(lists, jmax, now)
         return _Group(model, shape, lists, logF, du, slack, lens, buckets, comp, gb, now,
                       srt=[self._srt(model, c) for c in cids], cids=tuple(cids), has_comp=has_comp,
-                      own=spec.answers_at_exit, per=self._group_windows(model, cids, gb))
+                      own=spec.answers_at_exit)
 
     def _context(self, model, shape, cids) -> tuple:
         """(spec, bucket array, max batch, g at the buckets, its min, avoidable compile
@@ -879,8 +848,7 @@ class Orloj(Policy):
         kept = tuple(cids[i] for i in keep)
         srt = [self._srt(model, c) for c in kept]
         rows = logF if len(keep) == len(cids) else logF[keep]
-        return _Group(model, shape, lists, rows, du, slack, lens, buckets, comp, gb, now, srt=srt, cids=kept, has_comp=has_comp, own=spec.answers_at_exit, table=(tuple(cids), logF), mixed=False,
-                      per=self._group_windows(model, kept, gb)), None
+        return _Group(model, shape, lists, rows, du, slack, lens, buckets, comp, gb, now, srt=srt, cids=kept, has_comp=has_comp, own=spec.answers_at_exit, table=(tuple(cids), logF), mixed=False), None
 
     def _skip_riders(self, grp: _Group, found):
         """Don't let members with P(on time in this batch) < drop_threshold ride along.
@@ -974,9 +942,7 @@ class Orloj(Policy):
             if grp.lens[c] >= 1:
                 if srt.size == 0:  # as EmpiricalDist.cdf: a warm class has >= min_samples >= 1
                     raise ValueError("empty distribution: no samples yet")
-                pc = None if grp.per is None else grp.per[c]
-                w, sc = (srt, g0) if pc is None else pc[bi0][:2]
-                if _alone_has_chance(w, heads[c] - c0, sc):
+                if _alone_has_chance(srt, heads[c] - c0, g0):
                     return True
         return False
 
@@ -1010,12 +976,6 @@ class Orloj(Policy):
         cheapest lone run costs min over buckets of compile + g q (all warm: min g x q).
         `_prepare`, `_one_tag` and `_any_survives` all bisect against it."""
         q = self._threshold_quantile(cid)
-        per = self._windows(ctx[0].name, cid, ctx[3]) if self.config.completion_windows else None
-        if per is not None:  # per bucket: compile + (the completion window's quantile, or g x q)
-            thr = self._thr
-            lone = [(float(sorted_quantile(w, thr)) if thr > 0 else 0.0) if done else float(ctx[3][b]) * q
-                    for b, (w, _, done) in enumerate(per)]
-            return float((ctx[5] + np.asarray(lone)).min()) if ctx[8] else min(lone)
         if ctx[8]:  # has_comp
             return float((ctx[5] + ctx[3] * q).min())
         return ctx[4] * q
@@ -1028,33 +988,6 @@ class Orloj(Policy):
         if q and self.models[model].answers_at_exit:
             return self.latency.p_sorted(cid, q)
         return self.latency.dists[cid].sorted()
-
-    def _windows(self, model: str, cid: int, gb: np.ndarray) -> list | None:
-        """`completion_windows`: per batch bucket of `model`, what a member of class `cid`
-        is judged on: (its completion window there, 1.0, True) where the latency model has
-        one, else (the class's window, g at the bucket, False); None when the option is
-        off, the model answers members at the batch's end, or no bucket has a window."""
-        if not self.config.completion_windows or not self.models[model].answers_at_exit:
-            return None
-        lat = self.latency
-        per, any_done = [], False
-        srt = None
-        for b, bb in enumerate(self.models[model].batch_buckets):
-            w = lat.completion(cid, bb)
-            if w is not None:
-                per.append((w, 1.0, True))
-                any_done = True
-            else:
-                srt = self._srt(model, cid) if srt is None else srt
-                per.append((srt, float(gb[b]), False))
-        return per if any_done else None
-
-    def _group_windows(self, model: str, cids, gb: np.ndarray) -> tuple | None:
-        """`_windows` of each class of a group, or None when none has any."""
-        if not self.config.completion_windows:
-            return None
-        per = tuple(self._windows(model, c, gb) for c in cids)
-        return per if any(p is not None for p in per) else None
 
     def _threshold_quantile(self, cid: int) -> float:
         """The class's quantile at the current drop threshold (`drop_threshold`, or
@@ -1250,7 +1183,7 @@ def _offer(best: list, score: float, decision: Decision, order: int) -> None:
 
 
 def _single_search(survivors, now: float, jmax: int, max_b: int, srt: np.ndarray, emax: np.ndarray,
-                   gb: np.ndarray, buckets: np.ndarray, own: bool, per: list | None = None):
+                   gb: np.ndarray, buckets: np.ndarray, own: bool):
     """`Orloj._search` of a one-class group whose buckets are all warm: the best n (batch
     of the n most urgent survivors) as (n, score, expected on-time, expected time,
     bucket index, P(on time) of the first n as floats), or None if no batch scores > 0.
@@ -1264,12 +1197,7 @@ def _single_search(survivors, now: float, jmax: int, max_b: int, srt: np.ndarray
     ns = np.arange(1, top + 1)
     bis = buckets.searchsorted(ns)  # the smallest bucket that fits n
     with np.errstate(divide="ignore"):
-        if per is None:
-            x = srt.searchsorted(slack[None, :] / gb[:, None], "right") / srt.size  # [nb, J]
-        else:  # completion windows at some buckets (`Orloj._windows`): row by row
-            x = np.empty((len(per), len(slack)))
-            for b, (w, sc, _) in enumerate(per):
-                x[b] = w.searchsorted(slack / sc, "right") / w.size
+        x = srt.searchsorted(slack[None, :] / gb[:, None], "right") / srt.size  # [nb, J]
         lf = np.log(x, out=x).astype(np.float32)
     np.maximum(lf, LOG_ZERO, out=lf)
     lfn = lf[bis]  # [n, J]
