@@ -59,6 +59,19 @@ class Engine:
     IDLE_POLL_S = 0.005
 
     def __init__(self, scheduler: Scheduler, executor: Executor, clock: Callable[[], float] = perf_ms, owns_executor: bool = True):
+        # Members answered at their exit must be judged so (ModelSpec.answers_at_exit): a
+        # spec that disagrees with the executor makes orloj judge every live member by its
+        # batch's end (until session 9 the zoo's live specs did, unlike the simulator's)
+        for name, spec in scheduler.models.items():
+            ask = getattr(executor, "answers_at_exit", None)
+            try:
+                got = ask(name) if callable(ask) else None
+            except KeyError:  # a model this executor does not serve: nothing to compare
+                got = None
+            if got is not None and bool(got) != spec.answers_at_exit:
+                raise ValueError(f"model {name!r}: the executor {'answers' if got else 'does not answer'} members at "
+                                 f"their exit but its ModelSpec has answers_at_exit={spec.answers_at_exit} "
+                                 "(build it with orloj_jax.jax_executor.model_spec)")
         self.scheduler = scheduler
         self.executor = executor
         self.owns_executor = owns_executor  # close it at shutdown (False: it serves later engines)

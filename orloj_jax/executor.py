@@ -49,6 +49,12 @@ class Executor(ABC):
         """Compile this shape off the critical path if the executor can; True if queued."""
         return False
 
+    def answers_at_exit(self, model: str) -> bool | None:
+        """Whether this executor answers `model`'s members at their own (early) exit, as
+        `ModelSpec.answers_at_exit` must then say; None when it does not know. The engine
+        refuses a scheduler whose spec disagrees (`Engine.__init__`)."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 

@@ -197,11 +197,17 @@ def split_payload(payload: Any) -> tuple[Item, dict[str, Any]]:
     )
 
 
+def exits_early(model: StagedModel) -> bool:
+    """Whether the model has an exit before its last stage (its members are then answered
+    when they exit: the engine's `answer_early`)."""
+    return any(i < model.num_stages - 1 for i in model.exit_stages)
+
+
 def model_spec(model: StagedModel, name: str | None = None) -> ModelSpec:
     """The scheduler's view of a served model: its batch and shape buckets, and whether
     members are answered at an exit before the last stage (the engine's `answer_early`)."""
-    early = any(i < model.num_stages - 1 for i in model.exit_stages)
-    return ModelSpec(name or model.name, tuple(model.batch_buckets), tuple(model.shape_buckets), answers_at_exit=early)
+    return ModelSpec(name or model.name, tuple(model.batch_buckets), tuple(model.shape_buckets),
+                     answers_at_exit=exits_early(model))
 
 
 def machine_info() -> dict[str, Any]:
@@ -457,6 +463,9 @@ class JaxExecutor(Executor):
 
     def _ensure_all(self, progs: Sequence[ProgramKey]) -> float:
         return sum(self._ensure(pk)[1] for pk in progs)
+
+    def answers_at_exit(self, model: str) -> bool:
+        return exits_early(self.model(model))
 
     def is_warm(self, model: str, batch_bucket: int, shape_bucket: int = 0) -> bool:
         progs = self.programs(model, batch_bucket, shape_bucket)

@@ -21,7 +21,7 @@ from orloj_jax.jax_executor import JaxExecutor, compile_count, model_spec, split
 from orloj_jax.latency import LatencyModel
 from orloj_jax.policies import make_policy
 from orloj_jax.request import Outcome, Request
-from orloj_jax.scheduler import Batch, Scheduler
+from orloj_jax.scheduler import Batch, ModelSpec, Scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 DIG = "digits-ee"
@@ -354,6 +354,12 @@ def test_engine_orloj_end_to_end(dig, items):
     lat = LatencyModel()
     for bb in dig.batch_buckets:
         lat.observe_compile(DIG, bb, 8, e.warm(DIG, bb, 8))
+    # a spec that says members are answered at the batch's end, for a model whose early
+    # exits this executor answers when they exit, is refused (orloj would misjudge them)
+    assert e.answers_at_exit(DIG) is True and model_spec(dig, DIG).answers_at_exit is True
+    wrong = ModelSpec(DIG, tuple(dig.batch_buckets), tuple(dig.shape_buckets))
+    with pytest.raises(ValueError, match="answers_at_exit=False"):
+        Engine(Scheduler(make_policy("orloj"), [wrong], LatencyModel()), e, owns_executor=False)
     sched = Scheduler(make_policy("orloj"), [model_spec(dig, DIG)], lat)
     ref = run_items(dig, items[:12])
     eng = Engine(sched, e)

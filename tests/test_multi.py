@@ -117,19 +117,19 @@ _CHILD = r"""
 import json, sys
 import jax, numpy as np
 from models.digits import DigitsConfig, DigitsModel, init_params
-from orloj_jax.jax_executor import JaxExecutor
+from orloj_jax.jax_executor import JaxExecutor, model_spec
 from orloj_jax.latency import LatencyModel
 from orloj_jax.multi import MultiEngine
 from orloj_jax.policies import make_policy
 from orloj_jax.request import Request
-from orloj_jax.scheduler import ModelSpec, Scheduler
+from orloj_jax.scheduler import Scheduler
 
 devs = jax.devices()
 cfg = DigitsConfig(batch_buckets=(1, 2))
 model = DigitsModel(cfg, init_params(cfg, seed=0), name="d")
 x = np.random.default_rng(0).uniform(0, 16, size=(6, 8, 8)).astype(np.float32)
 items = model.preprocess(x)
-spec = ModelSpec("d", (1, 2), (8,))
+spec = model_spec(model)  # (1, 2) x (8,), early exits answered at their exit
 
 def make(dev):
     ex = JaxExecutor({"d": model}, device=dev, warm_reps=1)
