@@ -62,8 +62,8 @@ class Engine:
         # Members answered at their exit must be judged so (ModelSpec.answers_at_exit): a
         # spec that disagrees with the executor makes orloj judge every live member by its
         # batch's end (until session 9 the zoo's live specs did, unlike the simulator's)
+        ask = getattr(executor, "answers_at_exit", None)  # a duck-typed executor may lack it
         for name, spec in scheduler.models.items():
-            ask = getattr(executor, "answers_at_exit", None)
             try:
                 got = ask(name) if callable(ask) else None
             except KeyError:  # a model this executor does not serve: nothing to compare

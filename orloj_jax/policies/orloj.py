@@ -115,12 +115,12 @@ class OrlojConfig:
             raise ValueError(f"skip_riders must be one of {SKIP_RIDERS}, got {self.skip_riders!r}")
         if self.idle_threshold is not None and not 0.0 <= self.idle_threshold < 1.0:
             raise ValueError(f"idle_threshold must be None or in [0, 1), got {self.idle_threshold}")
-        if isinstance(self.noise_quantiles, float) and self.noise_quantiles.is_integer():
-            object.__setattr__(self, "noise_quantiles", int(self.noise_quantiles))  # "8" parsed as 8.0
+        for name in ("noise_quantiles", "probe_after"):  # a whole float (8.0 from an API caller) is an int
+            v = getattr(self, name)
+            if isinstance(v, float) and v.is_integer():
+                object.__setattr__(self, name, int(v))
         if not isinstance(self.noise_quantiles, int) or not 0 <= self.noise_quantiles <= 64:
             raise ValueError(f"noise_quantiles must be an integer in [0, 64], got {self.noise_quantiles!r}")
-        if isinstance(self.probe_after, float) and self.probe_after.is_integer():
-            object.__setattr__(self, "probe_after", int(self.probe_after))
         if self.probe_after is not None and (not isinstance(self.probe_after, int) or self.probe_after < 0):
             raise ValueError(f"probe_after must be None or an integer >= 0, got {self.probe_after!r}")
 
