@@ -87,7 +87,8 @@ class _ModelGrid:
 class _Scaling:
     """g(b) for one (model, shape bucket): mean measured ratio per batch bucket."""
 
-    __slots__ = ("_added", "_at", "_means", "_noise", "_since", "_size", "_stale", "_vec", "prior_slope", "ratios", "sums")
+    __slots__ = ("_added", "_at", "_means", "_noise", "_since", "_size", "_stale", "_vec", "prior_slope", "ratios", "sums",
+                 "version")
 
     def __init__(self, prior_slope: float):
         self.prior_slope = prior_slope
@@ -103,6 +104,8 @@ class _Scaling:
         self._at: dict[tuple, np.ndarray] = {}
         self._added = 0  # ratios added, ever
         self._noise: dict[int, tuple[int, np.ndarray | None]] = {}  # quantiles -> (_added then, eps)
+        #: bumped whenever a refresh falls due: g's next read may return new arrays
+        self.version = 0
 
     def add(self, b: int, ratio: float, maxlen: int) -> None:
         q = self.ratios.get(b)
@@ -119,6 +122,7 @@ class _Scaling:
         since = self._since[b] = self._since.get(b, 0) + 1
         if since >= max(1, len(q) >> 5):
             self._stale = True
+            self.version += 1
 
     def g(self, b: int) -> float:
         return float(self._g_many([b])[0])
@@ -221,6 +225,12 @@ class LatencyModel:
         self._warm_groups: set[tuple[str, int]] = set()
         self._all_warm: set[str] = set()
         self.warm_version = 0  # bumped whenever the warm set or a compile estimate changes
+        #: bumped whenever the compile costs or a model's grid may read differently: the
+        #: compile state changes, a grid is redrawn. With `scaling(model, shape).version`
+        #: and the classes' window totals (`EmpiricalDist.total`: a CDF row changes only
+        #: when they do) it dates what `avoidable_compile_costs`, `g_at` and `table` return,
+        #: so a policy can keep what it derived from them until one moves (`Orloj._context`).
+        self.generation = 0
         self._avoidable: dict[tuple, tuple[int, np.ndarray]] = {}
         self._compile: dict[str, EmpiricalDist] = {}
         # (class, quantiles) -> (sorted window, noise, noisy sorted window): `p_sorted`
@@ -287,6 +297,7 @@ class LatencyModel:
     def observe_compile(self, model: str, batch_bucket: int, shape_bucket: int, compile_ms: float) -> None:
         self._compile.setdefault(model, EmpiricalDist(window=256)).add(compile_ms)
         self.warm_version += 1
+        self.generation += 1
         self.mark_warm(model, batch_bucket, shape_bucket)
 
     def mark_warm(self, model: str, batch_bucket: int, shape_bucket: int = 0) -> None:
@@ -295,11 +306,13 @@ class LatencyModel:
             self._warm.add(key)
             self._warm_groups.add((model, shape_bucket))
             self.warm_version += 1
+            self.generation += 1
 
     def mark_all_warm(self, model: str) -> None:
         """An executor with no compile step (emulated, or everything pre-compiled)."""
         self._all_warm.add(model)
         self.warm_version += 1
+        self.generation += 1
 
     # -- queries ---------------------------------------------------------
     def is_warm(self, model: str, batch_bucket: int, shape_bucket: int = 0) -> bool:
@@ -348,6 +361,11 @@ class LatencyModel:
 
     def g_vec(self, model: str, max_b: int, shape_bucket: int = 0) -> np.ndarray:
         return self._scale(model, shape_bucket).vec(max_b)
+
+    def scaling(self, model: str, shape_bucket: int = 0) -> _Scaling:
+        """(model, shape)'s g: its `version` is bumped whenever a refresh falls due (new
+        ratios); until then `g_at` returns the same arrays. Read it, do not change it."""
+        return self._scale(model, shape_bucket)
 
     def g_at(self, model: str, buckets: tuple, max_b: int, shape_bucket: int = 0) -> np.ndarray:
         """`g_vec(model, max_b, shape_bucket)[list(buckets)]` (buckets <= max_b), refreshed
@@ -461,6 +479,7 @@ class LatencyModel:
         return row
 
     def _regrid(self, grid: _ModelGrid, new_max: float) -> None:
+        self.generation += 1
         # Leave headroom so that regrids are rare (geometric growth).
         grid.umax = max(new_max * 1.5, grid.umax * 2.0, 1e-3)
         grid.du = grid.umax / (grid.k - 1)

@@ -1183,3 +1183,144 @@ def test_parse_policy_spec():
         make_policy("orloj", drop_threshold="high")
     with pytest.raises(ValueError, match="drop_threshold"):
         make_policy("orloj", drop_threshold=2.0)
+
+
+def _single_search_reference(survivors, now, jmax, max_b, srt, emax, gb, buckets, own):
+    """`orloj._single_search` as it was before its per-size cache (session 10): every
+    bucket's row of F, then each n's row taken out, the non-members masked by assignment."""
+    head = survivors[:jmax]
+    slack = np.array([r.deadline_ms - now for r in head])
+    top = min(len(head), max_b)
+    ns = np.arange(1, top + 1)
+    bis = buckets.searchsorted(ns)
+    with np.errstate(divide="ignore"):
+        x = srt.searchsorted(slack[None, :] / gb[:, None], "right") / srt.size
+        lf = np.log(x, out=x).astype(np.float32)
+    np.maximum(lf, orloj_mod.LOG_ZERO, out=lf)
+    lfn = lf[bis]
+    p = np.exp(lfn if own else ns.astype(np.float32)[:, None] * lfn)
+    p[np.arange(len(head))[None, :] >= ns[:, None]] = 0.0
+    ontime = p.sum(1, dtype=np.float64)
+    t = gb[bis] * emax[:top]
+    score = ontime / t
+    i = int(score.argmax())
+    if score[i] <= 0:
+        return None
+    return i + 1, float(score[i]), float(ontime[i]), float(t[i]), int(bis[i]), p[i, : i + 1].tolist()
+
+
+def test_single_search_with_its_cache_matches_the_reference_bit_for_bit():
+    """`_single_search` keeps per-size arrays (each n's bucket, g and time, the member
+    mask) between calls and computes F only at each n's bucket. On 2,000 seeded random
+    searches (1-30 survivors, some hopeless so that F = 0, members answered at their own
+    exit or at the batch's end, two bucket sets, g and E[max] replaced now and then so
+    that cached arrays go stale) it returns exactly what the plain computation does,
+    every float to the bit, with a shared cache and without one."""
+    rng = np.random.default_rng(2026)
+    cache: dict = {}
+    gb = emax = None
+    nonzero = zero = 0
+    for i in range(2000):
+        buckets = np.array((1, 2, 4, 8) if i % 3 else (1, 2, 3, 4, 5, 6, 7, 8), dtype=np.int64)
+        if gb is None or len(gb) != len(buckets) or rng.random() < 0.1:  # g or E[max] refreshed
+            gb = np.sort(1.0 + rng.uniform(0.0, 0.4, len(buckets)) * (buckets - 1))
+            emax = np.sort(rng.uniform(4.0, 9.0, 8))
+        srt = np.sort(rng.choice([2.0, 5.0, 9.0], size=int(rng.integers(4, 80))) if rng.random() < 0.5
+                      else rng.lognormal(math.log(5.0), 0.4, int(rng.integers(4, 80))))
+        now = float(rng.uniform(0.0, 10.0))
+        surv = sorted((req(deadline=now + float(rng.uniform(-1.0, 40.0))) for _ in range(int(rng.integers(1, 31)))),
+                      key=lambda r: r.deadline_ms)
+        own = bool(rng.random() < 0.5)
+        want = _single_search_reference(surv, now, 8, 8, srt, emax, gb, buckets, own)
+        for c in (cache, None):
+            assert orloj_mod._single_search(surv, now, 8, 8, srt, emax, gb, buckets, own, c) == want
+        if want is not None:
+            nonzero += 1
+            zero += 0.0 in want[5]
+    assert nonzero > 1000 and zero > 50  # both kinds of member were met
+
+
+def test_orloj_keeps_a_context_until_the_latency_model_dates_it():
+    """`Orloj._context` is kept across decisions (the same object) and rebuilt when a g
+    refresh falls due, the compile state changes, the class's window takes in samples,
+    or the grid is redrawn; a rebuilt context holds what the latency model returns then."""
+    s = make("orloj", {"a": Q4}, g=G25)
+    p, lat = s.policy, s.latency
+    cid = lat.class_id(M, "a")
+
+    def ctx():
+        return p._context(M, 0, [cid])
+
+    first = ctx()
+    assert ctx() is first  # nothing changed: kept
+    for b in range(1, 9):  # enough new ratios at every bucket for a refresh of g
+        for _ in range(40):
+            lat.observe_batch(M, b, 12.0 * b, 5.0)
+    second = ctx()
+    assert second is not first and second[3] is lat.g_at(M, ALL_B, 8, 0)
+    assert list(second[3]) != list(first[3])
+    assert ctx() is second
+    lat.mark_warm(M, 3)  # a compile-state change
+    third = ctx()
+    assert third is not second and ctx() is third
+    lat.observe(cid, [float(np.median(Q4))])  # the window takes in a sample
+    fourth = ctx()
+    assert fourth is not third and fourth[7] is lat.table(M, [cid], float32=True)[1]
+    lat.observe(cid, [50.0 * max(Q4)])  # far beyond the grid: redrawn (du changes)
+    fifth = ctx()
+    assert fifth is not fourth and fifth[6] == lat.table(M, [cid], float32=True)[0] != fourth[6]
+
+
+def _rebuilding(pol):
+    """`pol` (an Orloj) with every context rebuilt at each decision, as before session 10."""
+    inner = pol.select
+
+    def select(queue, now):
+        pol._contexts.clear()
+        return inner(queue, now)
+
+    pol.select = select
+    return pol
+
+
+@pytest.mark.parametrize("workload,opts", [("bi-s1", {"compile_ms": 150.0, "prewarm": (1, 8)}), ("quad-s1", {}),
+                                           ("skipnet", {})])
+def test_orloj_decides_the_same_with_contexts_kept_or_rebuilt(workload, opts):
+    """Contexts kept across decisions (dated by the latency model) decide exactly as
+    contexts rebuilt at every decision: two simulations of 600 requests that learn after
+    every batch (and, on bi-s1, compile cold buckets) give the same outcome per request
+    and the same batches."""
+    from bench.workloads import get_workload
+    from orloj_jax.sim import SimConfig, simulate
+
+    tr = get_workload(workload).make_trace(load=0.8, slo_k=1.5, n_requests=600, seed=3, max_batch=8, arrival="bursty")
+    runs = []
+    for rebuild in (False, True):
+        pol = _rebuilding(make_policy("orloj")) if rebuild else make_policy("orloj")
+        res = simulate(tr, pol, SimConfig(max_batch=8, **opts))
+        runs.append(([(r.outcome, r.finish_ms) for r in res.requests], res.batch_sizes))
+    assert runs[0] == runs[1]
+    assert sum(o is Outcome.ON_TIME for o, _ in runs[0][0]) > 0
+
+
+@pytest.mark.parametrize("profile,opts", [("minilm-cpu.json", {}), ("digits-ee-cpu.json", {"noise_quantiles": 8})])
+def test_orloj_decides_the_same_with_contexts_kept_or_rebuilt_on_a_noisy_device(profile, opts):
+    """The same on a profiled device whose batch times are noisy (`bench.noisy_device`:
+    lognormal sigma 0.3, 5% of batches 4x slower), so that g keeps moving: MiniLM's five
+    shapes with padding and early exits, and the digits CNN judged with the batch-time
+    noise. 800 requests each; the same decisions (`bench.decision_hash`'s record of
+    each: time, members, buckets, drops)."""
+    from bench.decision_hash import PROFILES, _Recorder
+    from bench.noisy_device import NoisyDevice
+    from bench.profile_sim import ProfiledWorkload, load_profile
+
+    w = ProfiledWorkload(load_profile(PROFILES / profile), 8)
+    arr, idx = w.trace(load=0.8, n=800, seed=1, arrival="bursty")
+    runs = []
+    for rebuild in (False, True):
+        pol = make_policy("orloj", **opts)
+        rec = _Recorder(_rebuilding(pol) if rebuild else pol)
+        out = w.simulate(arr, idx, 1.5 * w.p99_ms, rec.policy, device=NoisyDevice(w.device, 0.3, 0.05, 4.0, seed=2))
+        runs.append((rec.rows, out["finish_rate"]))
+    assert runs[0] == runs[1]
+    assert len(runs[0][0]) > 100 and 0.0 < runs[0][1] < 1.0
