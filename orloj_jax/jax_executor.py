@@ -400,6 +400,11 @@ class JaxExecutor(Executor):
         return p
 
     def _put(self, x: Any) -> Any:
+        """Host activations for a program: on an accelerator, put on its device first;
+        on the host CPU as they are (the program takes host arrays itself, on its device:
+        a digits-ee batch of 8 ran 10-17% faster than after a `device_put`, session 10)."""
+        if self.uses_host:
+            return x
         return jax.device_put(x, self.device)  # None: the default device
 
     def _input_avals(self, name: str, i: int, b: int, sb: int) -> Any:
@@ -708,7 +713,9 @@ class JaxExecutor(Executor):
             elif i in exits:
                 members = slot[live]
                 done = np.zeros(cur, dtype=bool)
-                for t in np.unique(thr[members[early[members]]]):
+                ts = thr[members[early[members]]]
+                # one threshold for all (the common case) without np.unique's sort
+                for t in (ts[:1] if ts.size and (ts == ts[0]).all() else np.unique(ts)):
                     dec = np.asarray(m.exit_decision(i, out, float(t)), dtype=bool)
                     rows = live.copy()
                     rows[live] = early[members] & (thr[members] == t)
