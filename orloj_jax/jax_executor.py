@@ -310,7 +310,7 @@ class JaxExecutor(Executor):
         self.on_exit: Callable[[Any, Any, int, float], None] | None = None
         self.cache_dir = enable_persistent_cache(compile_cache_dir) if compile_cache_dir else None
         #: the jax.Device this executor compiles for and runs on (None: JAX's default device).
-        #: Parameters are copied there once; activations are put there per batch.
+        #: Parameters are copied there once; activations go there per batch (`_put`).
         self.device = device
         self._dev_params: dict[tuple[str, int], Any] = {}
 
