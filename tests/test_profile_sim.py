@@ -374,3 +374,24 @@ def test_noisy_device_cli(tmp_path, capsys):
         with pytest.raises(SystemExit):
             noisy_device.main(["--profile", str(path), *bad])
     assert "usage" in capsys.readouterr().err
+
+
+def test_decision_cost_times_decisions_between_learned_batches(tmp_path, capsys):
+    """`bench.decision_cost` times next_batch and on_done on a profiled workload and
+    fingerprints the decisions: the same run gives the same fingerprint, another queue
+    depth another; the CLI prints a row per (depth, policy); bad options are usage errors."""
+    from bench import decision_cost
+
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(make_profile()))
+    a = decision_cost.measure(path, "orloj", 2, iters=260)
+    b = decision_cost.measure(path, "orloj", 2, iters=260)
+    c = decision_cost.measure(path, "orloj", 3, iters=260, thrash=True)
+    assert a["decisions"] == b["decisions"] != c["decisions"]
+    assert a["next_batch_us"] > 0 and a["on_done_us"] > 0 and c["thrash"]
+    assert decision_cost.main(["--profile", str(path), "--queued", "1,2", "--iters", "220"]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| p.json")]
+    assert [ln.split("|")[2:4] for ln in rows] == [[" orloj ", " 1 "], [" static ", " 1 "], [" orloj ", " 2 "], [" static ", " 2 "]]
+    for bad in (["--queued", "0"], ["--queued", "x"], ["--iters", "100"]):
+        with pytest.raises(SystemExit):
+            decision_cost.main(["--profile", str(path), *bad])
