@@ -395,3 +395,26 @@ def test_decision_cost_times_decisions_between_learned_batches(tmp_path, capsys)
     for bad in (["--queued", "0"], ["--queued", "x"], ["--iters", "100"]):
         with pytest.raises(SystemExit):
             decision_cost.main(["--profile", str(path), *bad])
+
+
+def test_speed_sensitivity_slows_the_device_not_the_workload(tmp_path, capsys):
+    """`bench.speed_sensitivity` keeps the trace and SLOs of the profiled speed and scales
+    only the device: at x1 it is `ProfiledWorkload.simulate` itself, a much slower
+    device finishes fewer; the CLI prints a row per scale; bad options are usage errors."""
+    from bench import speed_sensitivity
+    from bench.profile_sim import ProfiledWorkload
+    from orloj_jax.policies import make_policy
+
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(make_profile()))
+    rows = speed_sensitivity.sensitivity(path, [1.0, 3.0], ["static"], [3.0], n=200, arrival="poisson")
+    w = ProfiledWorkload(json.loads(path.read_text()), 8)
+    arr, idx = w.trace(load=0.8, n=200, seed=0, arrival="poisson")
+    assert rows[0]["finish_rate"] == round(w.simulate(arr, idx, 3.0 * w.p99_ms, make_policy("static"))["finish_rate"], 4)
+    assert rows[1]["finish_rate"] < rows[0]["finish_rate"]
+    assert speed_sensitivity.main(["--profile", str(path), "--scales", "1,2", "--requests", "100", "--slo-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "| 1 |" in out and "| 2 |" in out and "orloj k=3" in out
+    for bad in (["--scales", "0"], ["--policies", "orloj:bogus=1"], ["--requests", "1"]):
+        with pytest.raises(SystemExit):
+            speed_sensitivity.main(["--profile", str(path), *bad])
