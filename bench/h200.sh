@@ -57,6 +57,7 @@ if [[ ${QUICK:-0} == 1 ]]; then
     TWO=(--requests 20 --max-batch 2 --slo-k 1.5)
     OVH=(--requests 40 --max-batch 2 --pairs 1)
     AB=(--requests 60 --max-batch 2 --reps 1)
+    DC_ITERS=300
 else
     PROF=(--reps 20 --inputs 300)
     SVE=(--requests 2000 --reps 10 --engine-runs 2 --max-batch 8)
@@ -65,6 +66,7 @@ else
     TWO=(--requests 2000 --max-batch 8 --slo-k 1.5,3)
     OVH=(--requests 2000 --max-batch 8 --pairs 2)
     AB=(--requests 2000 --max-batch 8 --reps 3)
+    DC_ITERS=3000
 fi
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>/dev/null || echo "no nvidia-smi"
@@ -78,6 +80,10 @@ print('minilm embed', e.shape, float(abs(e).sum()))
 " || exit 4
 step sim-vs-engine 150 "$PY" -m bench.sim_vs_engine --workload minilm-text "${SVE[@]}" --json "$RES/sim_vs_engine-h200.json" \
     --profile-out "$RES/minilm-h200-b8.json"
+# session 10: the host's decision cost in steady state (the H200's host decided 2-3x slower than
+# the development CPU in session 5); no GPU work, ~20 s
+step decision-cost 60 "$PY" -m bench.decision_cost --profile bench/profiles/minilm-h200-s5.json --queued 1,4,8 \
+    --iters "${DC_ITERS}"
 # issue 4's acceptance row: orloj against static and static-tuned (tuned live), the live engine
 step engine-mode 120 "$PY" -m bench.cli bench --mode engine --workload minilm-text --policies orloj,static,static-tuned \
     --slo-k 1,1.5 "${ENG[@]}" --json "$RES/engine-minilm-h200.json"
