@@ -39,7 +39,10 @@ batch through the GIL and the engine lock. Variants change the engine, not the p
   seeded with (`SchedulerConfig.learn=False`; compile state is still tracked);
 - `pipeline`: the JAX executor dispatches each next stage before reading the current
   one's exits, for every model (`JaxExecutor(pipeline=True, compact=False)`; by default
-  it does so on a CPU for models that do not compact).
+  it does so on a CPU for models that do not compact);
+- `poll`: the executor waits for the device by polling with `time.sleep(0)` instead of
+  blocking (`JaxExecutor(poll=True)`, accelerators only; `ProfiledExecutor(poll=True)`),
+  so the device thread decides the next batch on warm caches.
 
 `--calibrate` adds, per run, whether the latency model's P(on time) was right: for the
 members that ran, binned by the P it gave them when their batch was decided, the mean
@@ -78,6 +81,7 @@ VARIANTS = {
     "nolead": {"decision_lead": False},
     "frozen": {"learn": False},  # the offline profile only: no live learning (SchedulerConfig.learn)
     "pipeline": {"pipeline": True},
+    "poll": {"poll": True},  # wait for the device by polling (JaxExecutor / ProfiledExecutor(poll=True))
 }
 
 
@@ -405,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
                 sys.setswitchinterval(cfg.get("switch") or switch0)
                 if hasattr(executor, "pipeline"):  # the JAX executor: its defaults, or pipelined
                     executor.pipeline, executor.compact = (True, False) if cfg.get("pipeline") else ex_defaults
+                if hasattr(executor, "poll"):
+                    executor.poll = bool(cfg.get("poll"))
                 for k in spec.slo_ks:
                     for pol in policies:
                         slo = k * base_ms

@@ -99,6 +99,10 @@ step live-ab 150 "$PY" -m bench.live_ab --workload minilm-text --policies "orloj
 # the live specs said that members are answered at their exit; with that, about right)
 step timeline 150 "$PY" -m bench.engine_timeline --workload minilm-text --variants default,pipeline "${TL[@]}" \
     --json "$RES/timeline-h200.json"
+# session 10: the device thread polling for the device (JaxExecutor(poll=True)) instead of blocking: on
+# this host in session 5 a decision after a 4 ms sleep cost 0.47 ms against 0.24 after 4 ms of spinning
+step timeline-poll 90 "$PY" -m bench.engine_timeline --workload minilm-text --variants default,poll --policies orloj \
+    --slo-k 1.5 "${TL[@]}" --json "$RES/timeline-poll-h200.json"
 # the same for digits-ee alone (1-3 ms SLOs: on a CPU orloj drops most of them, session 6); session 8:
 # and with learning frozen at the offline profile (on a CPU the live solo estimates drift 1.0-2.8x)
 step timeline-digits 90 "$PY" -m bench.engine_timeline --workload digits-ee --variants default,frozen --slo-k 1.5,3 "${TL[@]}" \

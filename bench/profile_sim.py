@@ -223,13 +223,20 @@ class ProfiledExecutor(Executor):
     A request's payload is its exit stage, as in the simulator."""
 
     def __init__(self, device: ProfiledDevice, clock: Callable[[], float] = perf_ms,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, poll: bool = False):
         self.device = device
         self.clock = clock
         self.sleep = sleep
+        #: wait by looking at the clock after each sleep(0), as `JaxExecutor(poll=True)`
+        #: waits for an accelerator, instead of one sleep
+        self.poll = bool(poll)
         self.on_exit: Callable[[Request, Any, int, float], None] | None = None
 
     def _until(self, t: float) -> None:
+        if self.poll:
+            while self.clock() < t:
+                self.sleep(0)
+            return
         wait = t - self.clock()
         if wait > 0:
             self.sleep(wait / 1000.0)

@@ -187,6 +187,34 @@ def test_pipelined_stages_serve_the_same_outputs(model, dig, items, mini, monkey
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("pipe", [False, True])
+def test_polling_for_the_device_serves_the_same_outputs(pipe, dig, items, monkeypatch):
+    """poll=True on an accelerator (here: a CPU executor told it is not the host) waits by
+    looking whether the arrays are ready between sleep(0)s, stage by stage and pipelined:
+    the same exits and outputs as blocking; on the host CPU it does not poll at all."""
+    res = {}
+    for poll in (False, True):
+        e = JaxExecutor({DIG: dig}, compact=False, pipeline=pipe, warm_reps=0, poll=poll)
+        e.uses_host = False  # as on a GPU
+        e.warm(DIG, 4, 8)
+        looks = []
+        monkeypatch.setattr(e, "_wait", lambda tree, orig=e._wait, looks=looks: looks.append(1) or orig(tree))
+        outs, exits = [], []
+        for s in range(0, 12, 4):
+            r = e.run(Batch(DIG, reqs(DIG, items[s : s + 4]), 4, 8, 0.0))
+            outs += r.outputs
+            exits += r.exit_index
+        res[poll] = (outs, exits, len(looks))
+        e.close()
+    assert res[True][1] == res[False][1] and res[True][2] >= 3  # every batch waited at least once
+    for a, b in zip(res[True][0], res[False][0], strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=0)
+    e = JaxExecutor({DIG: dig}, warm_reps=0, poll=True)  # the host CPU: never polls
+    monkeypatch.setattr("orloj_jax.jax_executor.time.sleep", lambda s: pytest.fail("polled on the host CPU"))
+    e.run(Batch(DIG, reqs(DIG, items[:4]), 4, 8, 0.0))
+    e.close()
+
+
 def test_per_request_threshold(ex, dig, items):
     ref = run_items(dig, items[:8], threshold=0.99)
     outs, exits, _ = serve(ex, DIG, items[:8], 4, 8, {"threshold": 0.99})

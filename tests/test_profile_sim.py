@@ -78,6 +78,26 @@ def test_profiled_executor_sleeps_the_profile_and_answers_at_exits():
     assert res.solo_ms == pytest.approx([1.1, 3.3, 2.2])
 
 
+def test_profiled_executor_polling_waits_to_the_same_times():
+    """`poll=True` waits by sleep(0) and looking at the clock (each look advances the fake
+    clock 0.1 ms here) instead of one sleep: the same answers and times, to a look."""
+    clock, slept = [100.0], []
+
+    def sleep(s):
+        slept.append(s)
+        clock[0] += s * 1000.0 if s else 0.1
+
+    ex = ProfiledExecutor(ProfiledDevice(make_profile()), clock=lambda: clock[0], sleep=sleep, poll=True)
+    answered = []
+    ex.on_exit = lambda req, out, stage, t: answered.append((req.payload, stage, round(t, 6)))
+    reqs = [Request("minilm", "text", 0.0, 1e9, size=10, payload=e) for e in (0, 2, 1)]
+    res = ex.run(Batch("minilm", reqs, 4, 16, start_ms=100.0))
+    assert [(p, st) for p, st, _ in answered] == [(0, 0), (1, 1)]
+    assert [t for _, _, t in answered] == pytest.approx([102.6, 104.2], abs=0.1 + 1e-9)
+    assert res.device_ms == pytest.approx(5.3, abs=0.1 + 1e-9)
+    assert slept and set(slept) == {0}
+
+
 def test_profiled_device_replays_the_stage_loop_with_compaction():
     """Batch of 3 at bucket 4, shape 16, exits [0, 2, 1]. Step at b=4 is 2.5 + 0.1 = 2.6 ms.
     Stage 0 at b4: t = 2.6, member 0 leaves; 2 left -> compacted to bucket 2 (step 1.6).
