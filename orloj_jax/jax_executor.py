@@ -283,9 +283,10 @@ class JaxExecutor(Executor):
     GIL between looks (``time.sleep(0)``), instead of blocking: the device thread stays
     on its core through the batch, and the decision after it runs on warm caches. On the
     real H200 (session 5) a decision after a 4 ms sleep cost 0.47 ms against 0.24 after
-    4 ms of spinning; on an emulated H200 here, MiniLM's decisions cost ~15% less. It
-    keeps one host core busy during every batch. Off by default; not yet measured on a GPU
-    (``bench.engine_timeline --variants default,poll``).
+    4 ms of spinning; on an emulated H200 on the 2-core development VM, whose cores are
+    never idle long, MiniLM's decisions were ~15% cheaper in 2 runs and no different in
+    3 others. It keeps one host core busy during every batch. Off by default; not yet
+    measured on a GPU (``bench.engine_timeline --variants default,poll``).
     """
 
     def __init__(
