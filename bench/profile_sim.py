@@ -165,6 +165,15 @@ class ProfiledDevice:
             for bb in self.batch_buckets:
                 self.step[(sb, bb)] = self.step[(sb, bb)] * c
 
+    def scale(self, factor: float) -> None:
+        """Make every stage `factor` x slower (or faster), solo times included: the device
+        after a change of speed (`bench.speed_sensitivity`)."""
+        if not factor > 0:
+            raise ValueError(f"factor must be > 0, got {factor}")
+        for key in list(self.step):
+            self.step[key] = self.step[key] * factor
+        self._solo = {sb: v * factor for sb, v in self._solo.items()}
+
     def solo_ms(self, shape_bucket: int, exit_stage: int) -> float:
         """A member's solo-equivalent time: its batch-1 steps up to its exit."""
         try:

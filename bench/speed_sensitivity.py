@@ -36,10 +36,7 @@ def sensitivity(profile: Path, scales: list[float], policies: list[str], ks: lis
         w = ProfiledWorkload(prof, max_batch, seed=seed)
         arrivals, idx = w.trace(load=load, n=n, seed=seed, arrival=arrival)  # at the profiled speed
         slo = {k: k * w.p99_ms for k in ks}
-        dev = w.device
-        for key in list(dev.step):
-            dev.step[key] = dev.step[key] * s
-        dev._solo = {sb: v * s for sb, v in dev._solo.items()}
+        w.device.scale(s)
         for pol in policies:
             for k in ks:
                 fr = w.simulate(arrivals, idx, slo[k], make_variant_policy(pol))["finish_rate"]
