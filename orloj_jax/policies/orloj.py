@@ -807,7 +807,7 @@ class Orloj(Policy):
         costs, du, logF of `cids`, whether any compile cost is > 0) for a group of `model`
         at `shape`, kept across decisions until the latency model may have changed one of
         them: the compile state or the grid (`LatencyModel.generation`), g at this shape
-        (`g_version`), or a class's window (its total)."""
+        (`LatencyModel.scaling(model, shape).version`), or a class's window (its total)."""
         lat = self.latency
         dists = lat.dists
         key = (model, shape, *cids)
