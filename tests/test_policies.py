@@ -1269,6 +1269,15 @@ def test_orloj_keeps_a_context_until_the_latency_model_dates_it():
     lat.observe(cid, [50.0 * max(Q4)])  # far beyond the grid: redrawn (du changes)
     fifth = ctx()
     assert fifth is not fourth and fifth[6] == lat.table(M, [cid], float32=True)[0] != fourth[6]
+    # a window of 640 holds a new sample back (learn_lag 1/64) but the grid is redrawn at once
+    s = make("orloj", {"a": list(np.linspace(10.0, 40.0, 640))}, g=G25)
+    p, lat = s.policy, s.latency
+    cid = lat.class_id(M, "a")
+    before, total = p._context(M, 0, [cid]), lat.dists[cid].total
+    lat.observe(cid, [1000.0])
+    assert lat.dists[cid].total == total and lat.dists[cid].pending == 1  # not merged yet
+    after = p._context(M, 0, [cid])
+    assert after is not before and after[6] == lat.table(M, [cid], float32=True)[0] != before[6]
 
 
 def _rebuilding(pol):
