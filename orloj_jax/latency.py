@@ -224,13 +224,12 @@ class LatencyModel:
         self._warm: set[tuple[str, int, int]] = set()
         self._warm_groups: set[tuple[str, int]] = set()
         self._all_warm: set[str] = set()
-        self.warm_version = 0  # bumped whenever the warm set or a compile estimate changes
-        #: bumped whenever the compile costs or a model's grid may read differently: the
-        #: compile state changes, a grid is redrawn. With `scaling(model, shape).version`
-        #: and the classes' window totals (`EmpiricalDist.total`: a CDF row changes only
-        #: when they do) it dates what `avoidable_compile_costs`, `g_at` and `table` return,
-        #: so a policy can keep what it derived from them until one moves (`Orloj._context`).
-        self.generation = 0
+        #: bumped whenever the warm set or a compile estimate changes. With a model's grid
+        #: step (`grid_du`, which grows at every regrid), `scaling(model, shape).version` and
+        #: the classes' window totals (`EmpiricalDist.total`: a CDF row changes only when
+        #: they do) it dates what `avoidable_compile_costs`, `g_at` and `table` return, so a
+        #: policy can keep what it derived from them until one moves (`Orloj._context`).
+        self.warm_version = 0
         self._avoidable: dict[tuple, tuple[int, np.ndarray]] = {}
         self._compile: dict[str, EmpiricalDist] = {}
         # (class, quantiles) -> (sorted window, noise, noisy sorted window): `p_sorted`
@@ -297,7 +296,6 @@ class LatencyModel:
     def observe_compile(self, model: str, batch_bucket: int, shape_bucket: int, compile_ms: float) -> None:
         self._compile.setdefault(model, EmpiricalDist(window=256)).add(compile_ms)
         self.warm_version += 1
-        self.generation += 1
         self.mark_warm(model, batch_bucket, shape_bucket)
 
     def mark_warm(self, model: str, batch_bucket: int, shape_bucket: int = 0) -> None:
@@ -306,13 +304,11 @@ class LatencyModel:
             self._warm.add(key)
             self._warm_groups.add((model, shape_bucket))
             self.warm_version += 1
-            self.generation += 1
 
     def mark_all_warm(self, model: str) -> None:
         """An executor with no compile step (emulated, or everything pre-compiled)."""
         self._all_warm.add(model)
         self.warm_version += 1
-        self.generation += 1
 
     # -- queries ---------------------------------------------------------
     def is_warm(self, model: str, batch_bucket: int, shape_bucket: int = 0) -> bool:
@@ -361,6 +357,11 @@ class LatencyModel:
 
     def g_vec(self, model: str, max_b: int, shape_bucket: int = 0) -> np.ndarray:
         return self._scale(model, shape_bucket).vec(max_b)
+
+    def grid_du(self, model: str) -> float:
+        """The step of `model`'s grid: it grows at every regrid (the upper end at least
+        doubles), so it dates the rows `table` returns as much as a regrid can."""
+        return self._grids[model].du
 
     def scaling(self, model: str, shape_bucket: int = 0) -> _Scaling:
         """(model, shape)'s g: its `version` is bumped whenever a refresh falls due (new
@@ -479,7 +480,6 @@ class LatencyModel:
         return row
 
     def _regrid(self, grid: _ModelGrid, new_max: float) -> None:
-        self.generation += 1
         # Leave headroom so that regrids are rare (geometric growth).
         grid.umax = max(new_max * 1.5, grid.umax * 2.0, 1e-3)
         grid.du = grid.umax / (grid.k - 1)

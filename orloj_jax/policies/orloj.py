@@ -806,15 +806,16 @@ class Orloj(Policy):
         """(spec, bucket array, max batch, g at the buckets, its min, avoidable compile
         costs, du, logF of `cids`, whether any compile cost is > 0) for a group of `model`
         at `shape`, kept across decisions until the latency model may have changed one of
-        them: the compile state or the grid (`LatencyModel.generation`), g at this shape
-        (`LatencyModel.scaling(model, shape).version`), or a class's window (its total)."""
+        them: the compile state (`LatencyModel.warm_version`), the model's grid (its step,
+        `grid_du`), g at this shape (`LatencyModel.scaling(model, shape).version`), or a
+        class's window (its total)."""
         lat = self.latency
         dists = lat.dists
         key = (model, shape, *cids)
         hit = self._contexts.get(key)
         if hit is not None:
-            gen, scaling, version, total = self._stamps[key]
-            if gen == lat.generation and scaling.version == version and (
+            warm, du, scaling, version, total = self._stamps[key]
+            if warm == lat.warm_version and du == lat.grid_du(model) and scaling.version == version and (
                     dists[cids[0]].total == total if len(cids) == 1 else total == [dists[c].total for c in cids]):
                 return hit
         spec = self.models[model]
@@ -828,7 +829,7 @@ class Orloj(Policy):
         hit = self._contexts[key] = (spec, self._bucket_array(btuple), spec.max_batch, gb, gmin, comp, du, logF,
                                      bool(comp.any()))
         scaling = lat.scaling(model, shape)
-        self._stamps[key] = (lat.generation, scaling, scaling.version,
+        self._stamps[key] = (lat.warm_version, lat.grid_du(model), scaling, scaling.version,
                              dists[cids[0]].total if len(cids) == 1 else [dists[c].total for c in cids])
         return hit
 
